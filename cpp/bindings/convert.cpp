@@ -1,0 +1,348 @@
+// Argument checking and conversion for the bindings (see convert.hpp).
+#include "bindings/convert.hpp"
+
+#include <cstring>
+
+namespace normcpp {
+namespace bindings {
+
+namespace {
+
+const py::module_& numpy() {
+  static const py::module_* np = new py::module_(py::module_::import("numpy"));  // never freed
+  return *np;
+}
+
+bool is_sequence_like(py::handle h) {
+  return PyList_Check(h.ptr()) || PyTuple_Check(h.ptr());
+}
+
+// Arrays we convert from other array-likes: lists, tuples, objects with __array__ (torch).
+bool convertible_to_array(py::handle h) {
+  return is_sequence_like(h) || py::hasattr(h, "__array__") ||
+         py::hasattr(h, "__array_interface__");
+}
+
+bool is_c_contiguous(const py::array& a) {
+  return (a.flags() & py::array::c_style) != 0;
+}
+
+// (N, C, *spatial) memory ordered N, spatial..., C (dims of size 1 may have any stride).
+bool is_channels_last(const py::array& a) {
+  const auto rank = a.ndim();
+  if (rank < 3) return false;
+  std::vector<py::ssize_t> order;
+  order.push_back(0);
+  for (py::ssize_t d = 2; d < rank; ++d) order.push_back(d);
+  order.push_back(1);
+  py::ssize_t expected = a.itemsize();
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    const py::ssize_t d = *it;
+    if (a.shape(d) != 1 && a.strides(d) != expected) return false;
+    expected *= a.shape(d);
+  }
+  return true;
+}
+
+std::vector<py::ssize_t> shape_of(const py::array& a) {
+  return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
+}
+
+std::vector<py::ssize_t> channels_last_strides(const py::array& a) {
+  const auto rank = a.ndim();
+  std::vector<py::ssize_t> st(static_cast<std::size_t>(rank));
+  py::ssize_t s = a.itemsize();
+  st[1] = s;
+  s *= a.shape(1);
+  for (py::ssize_t d = rank - 1; d >= 2; --d) {
+    st[static_cast<std::size_t>(d)] = s;
+    s *= a.shape(d);
+  }
+  st[0] = s;
+  return st;
+}
+
+// [lo, hi) byte extent of an array's elements.
+std::pair<std::uintptr_t, std::uintptr_t> extent(const py::array& a) {
+  auto lo = reinterpret_cast<std::uintptr_t>(a.data());
+  auto hi = lo;
+  if (a.size() == 0) return {lo, lo};
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    const py::ssize_t span = (a.shape(d) - 1) * a.strides(d);
+    if (span < 0)
+      lo -= static_cast<std::uintptr_t>(-span);
+    else
+      hi += static_cast<std::uintptr_t>(span);
+  }
+  return {lo, hi + static_cast<std::uintptr_t>(a.itemsize())};
+}
+
+bool same_view(const py::array& a, const py::array& b) {
+  if (a.data() != b.data() || a.ndim() != b.ndim()) return false;
+  for (py::ssize_t d = 0; d < a.ndim(); ++d)
+    if (a.shape(d) != 1 && a.strides(d) != b.strides(d)) return false;
+  return true;
+}
+
+// The user's out, checked against the input it receives the result of.
+py::array check_out(py::handle out, const py::array& input, const py::array& original) {
+  if (!py::isinstance<py::array>(out))
+    type_error("out must be a numpy.ndarray, got " + type_name(out));
+  auto o = py::reinterpret_borrow<py::array>(out);
+  if (shape_of(o) != shape_of(input))
+    value_error("out must have the input's shape " + shape_str(input) + ", got " + shape_str(o));
+  if (!o.dtype().is(input.dtype()))
+    value_error("out must have the input's dtype " + py::str(input.dtype()).cast<std::string>() +
+                ", got " + py::str(o.dtype()).cast<std::string>());
+  if (!o.writeable()) value_error("out is read-only");
+  if (!same_view(o, original)) {
+    const auto a = extent(o), b = extent(original);
+    if (a.first < b.second && b.first < a.second)
+      value_error("out overlaps input without being the same view; pass out=input for an "
+                  "in-place call, or a separate array");
+  }
+  return o;
+}
+
+}  // namespace
+
+void type_error(const std::string& msg) { throw py::type_error(msg); }
+void value_error(const std::string& msg) { throw py::value_error(msg); }
+
+std::string type_name(py::handle h) {
+  return py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>();
+}
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    s += std::to_string(a.shape(d));
+    if (a.ndim() == 1 || d + 1 < a.ndim()) s += a.ndim() == 1 ? "," : ", ";
+  }
+  return s + ")";
+}
+
+DType dtype_of(const py::array& a, const char* name) {
+  const py::dtype d = a.dtype();
+  const auto item = d.itemsize();
+  if (d.kind() != 'f' || (item != 2 && item != 4 && item != 8))
+    type_error(std::string(name) + " must have dtype float16, float32 or float64, got " +
+               py::str(d).cast<std::string>());
+  if (d.byteorder() == '>')
+    type_error(std::string(name) + " must be in native byte order");
+  return item == 2 ? DType::f16 : item == 4 ? DType::f32 : DType::f64;
+}
+
+py::array as_input(py::handle h, const char* name) {
+  py::array a;
+  if (py::isinstance<py::array>(h))
+    a = py::reinterpret_borrow<py::array>(h);
+  else if (!h.is_none() && !PyUnicode_Check(h.ptr()) && !PyBytes_Check(h.ptr()) &&
+           convertible_to_array(h))
+    a = numpy().attr("asarray")(h);
+  else
+    type_error(std::string(name) +
+               " must be a numpy.ndarray of float16, float32 or float64, got " + type_name(h));
+  dtype_of(a, name);
+  return a;
+}
+
+bool as_bool(py::handle h, const char* name) {
+  if (PyBool_Check(h.ptr())) return h.ptr() == Py_True;
+  if (py::isinstance(h, numpy().attr("bool_"))) return py::cast<bool>(py::bool_(py::reinterpret_borrow<py::object>(h)));
+  if (PyLong_Check(h.ptr())) {
+    const long v = PyLong_AsLong(h.ptr());
+    if (v == 0 || v == 1) return v == 1;
+  }
+  type_error(std::string(name) + " must be a bool, got " + type_name(h));
+}
+
+double as_real(py::handle h, const char* name) {
+  const bool ok = !PyBool_Check(h.ptr()) &&
+                  (PyFloat_Check(h.ptr()) || PyLong_Check(h.ptr()) ||
+                   py::isinstance(h, numpy().attr("floating")) ||
+                   py::isinstance(h, numpy().attr("integer")));
+  if (!ok) type_error(std::string(name) + " must be a real number, got " + type_name(h));
+  return py::cast<double>(py::float_(py::reinterpret_borrow<py::object>(h)));
+}
+
+std::int64_t as_int(py::handle h, const char* name) {
+  const bool ok = !PyBool_Check(h.ptr()) &&
+                  (PyLong_Check(h.ptr()) || py::isinstance(h, numpy().attr("integer")));
+  if (!ok) type_error(std::string(name) + " must be an int, got " + type_name(h));
+  const auto v = py::int_(py::reinterpret_borrow<py::object>(h));
+  const long long r = PyLong_AsLongLong(v.ptr());
+  if (r == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    value_error(std::string(name) + " is out of range");
+  }
+  return static_cast<std::int64_t>(r);
+}
+
+namespace {
+
+py::array param_array(py::handle h, const char* name) {
+  py::array a;
+  if (py::isinstance<py::array>(h))
+    a = py::reinterpret_borrow<py::array>(h);
+  else if (!PyUnicode_Check(h.ptr()) && !PyBytes_Check(h.ptr()) && convertible_to_array(h))
+    a = numpy().attr("asarray")(h);
+  else
+    type_error(std::string(name) + " must be a numpy.ndarray of float32 or float64, got " +
+               type_name(h));
+  const py::dtype d = a.dtype();
+  if (d.kind() != 'f' || (d.itemsize() != 4 && d.itemsize() != 8) || d.byteorder() == '>')
+    type_error(std::string(name) + " must have dtype float32 or float64, got " +
+               py::str(d).cast<std::string>());
+  return a;
+}
+
+}  // namespace
+
+ParamRef as_param(py::handle h, const char* name, std::vector<py::array>& keep) {
+  if (h.is_none()) return {};
+  py::array a = param_array(h, name);
+  if (a.ndim() != 1)
+    value_error(std::string(name) + " must be 1-D (one value per channel), got shape " +
+                shape_str(a));
+  if (a.strides(0) % a.itemsize() != 0) a = numpy().attr("ascontiguousarray")(a);
+  keep.push_back(a);
+  return {a.data(), a.itemsize() == 8 ? DType::f64 : DType::f32, a.shape(0),
+          a.strides(0) / a.itemsize()};
+}
+
+ParamRef as_shaped_param(py::handle h, const char* name, const std::vector<py::ssize_t>& shape,
+                         std::vector<py::array>& keep) {
+  if (h.is_none()) return {};
+  py::array a = param_array(h, name);
+  if (shape_of(a) != shape) {
+    std::string want = "(";
+    for (std::size_t i = 0; i < shape.size(); ++i)
+      want += std::to_string(shape[i]) + (shape.size() == 1 ? "," : i + 1 < shape.size() ? ", " : "");
+    value_error(std::string(name) + " must have shape normalized_shape " + want + "), got " +
+                shape_str(a));
+  }
+  if (!is_c_contiguous(a)) a = numpy().attr("ascontiguousarray")(a);
+  keep.push_back(a);
+  return {a.data(), a.itemsize() == 8 ? DType::f64 : DType::f32, a.size(), 1};
+}
+
+MutParamRef as_running(py::handle h, const char* name, bool write) {
+  if (h.is_none()) return {};
+  if (!py::isinstance<py::array>(h))
+    type_error(std::string(name) + " must be a numpy.ndarray of float32 or float64, got " +
+               type_name(h));
+  auto a = py::reinterpret_borrow<py::array>(h);
+  const py::dtype d = a.dtype();
+  if (d.kind() != 'f' || (d.itemsize() != 4 && d.itemsize() != 8) || d.byteorder() == '>')
+    type_error(std::string(name) + " must have dtype float32 or float64, got " +
+               py::str(d).cast<std::string>());
+  if (a.ndim() != 1)
+    value_error(std::string(name) + " must be 1-D (one value per channel), got shape " +
+                shape_str(a));
+  if (a.strides(0) % a.itemsize() != 0)
+    value_error(std::string(name) + " has a stride that is not a multiple of its item size");
+  if (write && !a.writeable())
+    value_error(std::string(name) + " is read-only, but training updates it in place");
+  return {const_cast<void*>(a.data()), a.itemsize() == 8 ? DType::f64 : DType::f32, a.shape(0),
+          a.strides(0) / a.itemsize()};
+}
+
+py::object NCSCall::result() const {
+  if (out.is_none()) return y;
+  if (!y.is(out)) numpy().attr("copyto")(out, y);
+  return out;
+}
+
+NCSCall prepare_ncs(py::handle input, py::handle out, int min_rank) {
+  NCSCall call;
+  const py::array original = as_input(input, "input");
+  const auto rank = original.ndim();
+  if (rank < min_rank)
+    value_error("input must have at least " + std::to_string(min_rank) + " dims " +
+                (min_rank == 2 ? "(N, C, ...)" : "(N, C, L, ...)") + ", got shape " +
+                shape_str(original));
+  call.x = original;
+  Layout layout = Layout::contiguous;
+  if (!is_c_contiguous(original)) {
+    if (is_channels_last(original))
+      layout = Layout::channels_last;
+    else
+      call.x = numpy().attr("ascontiguousarray")(original);
+  }
+  const py::array& x = call.x;
+  call.out = py::reinterpret_borrow<py::object>(out);
+  bool direct = false;
+  if (!out.is_none()) {
+    py::array o = check_out(out, x, original);
+    direct = layout == Layout::contiguous ? is_c_contiguous(o) : is_channels_last(o);
+    if (direct) call.y = o;
+  }
+  if (!direct) {
+    if (layout == Layout::contiguous)
+      call.y = py::array(x.dtype(), shape_of(x));
+    else
+      call.y = py::array(x.dtype(), shape_of(x), channels_last_strides(x));
+  }
+  std::int64_t S = 1;
+  for (py::ssize_t d = 2; d < rank; ++d) S *= x.shape(d);
+  call.ref = NCSRef{x.data(), call.y.mutable_data(), dtype_of(x, "input"), x.shape(0),
+                    x.shape(1), S, layout};
+  return call;
+}
+
+py::object RowsCall::result() const {
+  if (out.is_none()) return y;
+  if (!y.is(out)) numpy().attr("copyto")(out, y);
+  return out;
+}
+
+RowsCall prepare_rows(py::handle input, py::handle normalized_shape, py::handle out) {
+  RowsCall call;
+  const py::array original = as_input(input, "input");
+  std::vector<py::ssize_t> ns;
+  if (PyLong_Check(normalized_shape.ptr()) || py::isinstance(normalized_shape, numpy().attr("integer"))) {
+    ns.push_back(static_cast<py::ssize_t>(as_int(normalized_shape, "normalized_shape")));
+  } else if (is_sequence_like(normalized_shape) ||
+             py::isinstance<py::array>(normalized_shape)) {
+    for (auto item : py::iter(normalized_shape))
+      ns.push_back(static_cast<py::ssize_t>(as_int(item, "normalized_shape")));
+  } else {
+    type_error("normalized_shape must be an int or a sequence of ints, got " +
+               type_name(normalized_shape));
+  }
+  const auto rank = original.ndim();
+  const auto k = static_cast<py::ssize_t>(ns.size());
+  bool match = k >= 1 && k <= rank;
+  for (py::ssize_t i = 0; match && i < k; ++i)
+    match = original.shape(rank - k + i) == ns[static_cast<std::size_t>(i)];
+  if (!match) {
+    std::string want = "(";
+    for (std::size_t i = 0; i < ns.size(); ++i)
+      want += std::to_string(ns[i]) + (ns.size() == 1 ? "," : i + 1 < ns.size() ? ", " : "");
+    value_error("normalized_shape " + want + ") must be non-empty and equal the last dims of "
+                "input, whose shape is " + shape_str(original));
+  }
+  call.norm_shape = ns;
+  call.x = is_c_contiguous(original)
+               ? original
+               : py::array(numpy().attr("ascontiguousarray")(original));
+  const py::array& x = call.x;
+  call.out = py::reinterpret_borrow<py::object>(out);
+  bool direct = false;
+  if (!out.is_none()) {
+    py::array o = check_out(out, x, original);
+    direct = is_c_contiguous(o);
+    if (direct) call.y = o;
+  }
+  if (!direct) call.y = py::array(x.dtype(), shape_of(x));
+  call.dtype = dtype_of(x, "input");
+  call.row_len = 1;
+  for (py::ssize_t d = rank - k; d < rank; ++d) call.row_len *= x.shape(d);
+  call.rows = 1;
+  for (py::ssize_t d = 0; d < rank - k; ++d) call.rows *= x.shape(d);
+  return call;
+}
+
+}  // namespace bindings
+}  // namespace normcpp

@@ -1,0 +1,70 @@
+// Argument checking and conversion shared by the binding files: Python objects -> C++ API
+// views. Errors are TypeError (wrong type or dtype) or ValueError (wrong shape or value), each
+// naming the argument. No arithmetic on data here.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "normcpp/normcpp.hpp"
+
+namespace normcpp {
+namespace bindings {
+
+namespace py = pybind11;
+
+[[noreturn]] void type_error(const std::string& msg);
+[[noreturn]] void value_error(const std::string& msg);
+
+std::string type_name(py::handle h);
+std::string shape_str(const py::array& a);
+
+// The input array (ndarray, or a list/tuple converted with numpy.asarray) of float16/32/64.
+py::array as_input(py::handle h, const char* name);
+DType dtype_of(const py::array& a, const char* name);
+
+// Python bool / numpy.bool_ / int 0 or 1.
+bool as_bool(py::handle h, const char* name);
+// A real number (int, float, numpy real scalar); not bool, str, None, complex.
+double as_real(py::handle h, const char* name);
+// An integer (int or numpy integer); not bool.
+std::int64_t as_int(py::handle h, const char* name);
+
+// Optional read-only 1-D parameter of `expected` elements (float32/float64). Keeps the
+// converted array alive in `keep`.
+ParamRef as_param(py::handle h, const char* name, std::vector<py::array>& keep);
+// Optional parameter whose shape must equal `shape` (layer_norm weight/bias); made contiguous.
+ParamRef as_shaped_param(py::handle h, const char* name, const std::vector<py::ssize_t>& shape,
+                         std::vector<py::array>& keep);
+// Optional running statistic: a float32/float64 1-D ndarray, writeable if `write`.
+MutParamRef as_running(py::handle h, const char* name, bool write);
+
+// An (N, C, *spatial) input as an NCSRef (reading in place when contiguous or channels-last,
+// else through one contiguous copy), with the output allocated in the same layout or taken
+// from `out`. finish() copies into `out` when it could not be written directly.
+struct NCSCall {
+  py::array x;       // the array the kernel reads
+  py::array y;       // the array the kernel writes
+  py::object out;    // user's out (None if not given)
+  NCSRef ref;
+  py::object result() const;
+};
+NCSCall prepare_ncs(py::handle input, py::handle out, int min_rank);
+
+// Rows x row_len view for layer_norm / rms_norm (trailing dims of size row_len).
+struct RowsCall {
+  py::array x, y;
+  py::object out;
+  DType dtype;
+  std::int64_t rows = 0, row_len = 0;
+  std::vector<py::ssize_t> norm_shape;
+  py::object result() const;
+};
+RowsCall prepare_rows(py::handle input, py::handle normalized_shape, py::handle out);
+
+}  // namespace bindings
+}  // namespace normcpp

@@ -1,0 +1,24 @@
+// Build facts, ISA selection and threads.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "normcpp/normcpp.hpp"
+
+namespace py = pybind11;
+
+namespace normcpp {
+namespace bindings {
+
+void register_config(py::module_& m) {
+  m.attr("__version__") = normcpp::version();
+  m.def("set_num_threads", &normcpp::set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &normcpp::get_num_threads);
+  m.def("has_openmp", &normcpp::has_openmp);
+  m.def("compiled_isas", &normcpp::compiled_isas);
+  m.def("supported_isas", &normcpp::supported_isas);
+  m.def("selected_isa", &normcpp::selected_isa);
+  m.def("select_isa", &normcpp::select_isa, py::arg("name"));
+}
+
+}  // namespace bindings
+}  // namespace normcpp

@@ -1,0 +1,127 @@
+// The functional ops: check and convert arguments, release the GIL, call the C++ API.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include "bindings/convert.hpp"
+#include "normcpp/normcpp.hpp"
+
+namespace py = pybind11;
+
+namespace normcpp {
+namespace bindings {
+
+namespace {
+
+py::object batch_norm_py(py::object input, py::object running_mean, py::object running_var,
+                         py::object weight, py::object bias, py::object training,
+                         py::object momentum, py::object eps, py::object out) {
+  const bool train = as_bool(training, "training");
+  const double mom = as_real(momentum, "momentum");
+  const double e = as_real(eps, "eps");
+  NCSCall call = prepare_ncs(input, out, 2);
+  std::vector<py::array> keep;
+  const ParamRef w = as_param(weight, "weight", keep), b = as_param(bias, "bias", keep);
+  const RunningUpdate run{as_running(running_mean, "running_mean", train),
+                          as_running(running_var, "running_var", train), mom};
+  {
+    py::gil_scoped_release nogil;
+    normcpp::batch_norm(call.ref, run, w, b, train, e);
+  }
+  return call.result();
+}
+
+py::object instance_norm_py(py::object input, py::object running_mean, py::object running_var,
+                            py::object weight, py::object bias, py::object use_input_stats,
+                            py::object momentum, py::object eps, py::object out) {
+  const bool use_stats = as_bool(use_input_stats, "use_input_stats");
+  const double mom = as_real(momentum, "momentum");
+  const double e = as_real(eps, "eps");
+  NCSCall call = prepare_ncs(input, out, 3);
+  std::vector<py::array> keep;
+  const ParamRef w = as_param(weight, "weight", keep), b = as_param(bias, "bias", keep);
+  const RunningUpdate run{as_running(running_mean, "running_mean", use_stats),
+                          as_running(running_var, "running_var", use_stats), mom};
+  {
+    py::gil_scoped_release nogil;
+    normcpp::instance_norm(call.ref, run, w, b, use_stats, e);
+  }
+  return call.result();
+}
+
+py::object group_norm_py(py::object input, py::object num_groups, py::object weight,
+                         py::object bias, py::object eps, py::object out) {
+  const std::int64_t groups = as_int(num_groups, "num_groups");
+  const double e = as_real(eps, "eps");
+  NCSCall call = prepare_ncs(input, out, 2);
+  std::vector<py::array> keep;
+  const ParamRef w = as_param(weight, "weight", keep), b = as_param(bias, "bias", keep);
+  {
+    py::gil_scoped_release nogil;
+    normcpp::group_norm(call.ref, groups, w, b, e);
+  }
+  return call.result();
+}
+
+py::object layer_norm_py(py::object input, py::object normalized_shape, py::object weight,
+                         py::object bias, py::object eps, py::object out) {
+  const double e = as_real(eps, "eps");
+  RowsCall call = prepare_rows(input, normalized_shape, out);
+  std::vector<py::array> keep;
+  const ParamRef w = as_shaped_param(weight, "weight", call.norm_shape, keep);
+  const ParamRef b = as_shaped_param(bias, "bias", call.norm_shape, keep);
+  {
+    py::gil_scoped_release nogil;
+    normcpp::layer_norm(call.x.data(), call.y.mutable_data(), call.dtype, call.rows,
+                        call.row_len, w, b, e);
+  }
+  return call.result();
+}
+
+// eps=None: the input dtype's machine epsilon (PyTorch's rule).
+double default_rms_eps(DType dt) {
+  switch (dt) {
+    case DType::f16:
+      return 0.0009765625;
+    case DType::f32:
+      return 1.1920928955078125e-07;
+    case DType::f64:
+      break;
+  }
+  return 2.220446049250313e-16;
+}
+
+py::object rms_norm_py(py::object input, py::object normalized_shape, py::object weight,
+                       py::object eps, py::object out) {
+  const bool eps_given = !eps.is_none();
+  const double e_given = eps_given ? as_real(eps, "eps") : 0.0;
+  RowsCall call = prepare_rows(input, normalized_shape, out);
+  const double e = eps_given ? e_given : default_rms_eps(call.dtype);
+  std::vector<py::array> keep;
+  const ParamRef w = as_shaped_param(weight, "weight", call.norm_shape, keep);
+  {
+    py::gil_scoped_release nogil;
+    normcpp::rms_norm(call.x.data(), call.y.mutable_data(), call.dtype, call.rows, call.row_len,
+                      w, e);
+  }
+  return call.result();
+}
+
+}  // namespace
+
+void register_functional(py::module_& m) {
+  m.def("batch_norm", &batch_norm_py, py::arg("input"), py::arg("running_mean"),
+        py::arg("running_var"), py::arg("weight"), py::arg("bias"), py::arg("training"),
+        py::arg("momentum"), py::arg("eps"), py::arg("out"));
+  m.def("instance_norm", &instance_norm_py, py::arg("input"), py::arg("running_mean"),
+        py::arg("running_var"), py::arg("weight"), py::arg("bias"), py::arg("use_input_stats"),
+        py::arg("momentum"), py::arg("eps"), py::arg("out"));
+  m.def("group_norm", &group_norm_py, py::arg("input"), py::arg("num_groups"), py::arg("weight"),
+        py::arg("bias"), py::arg("eps"), py::arg("out"));
+  m.def("layer_norm", &layer_norm_py, py::arg("input"), py::arg("normalized_shape"),
+        py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("out"));
+  m.def("rms_norm", &rms_norm_py, py::arg("input"), py::arg("normalized_shape"),
+        py::arg("weight"), py::arg("eps"), py::arg("out"));
+}
+
+}  // namespace bindings
+}  // namespace normcpp

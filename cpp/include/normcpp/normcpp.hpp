@@ -1,0 +1,102 @@
+// normcpp C++ API: normalization ops on raw pointers, shapes and layouts. No Python here.
+//
+// Data is described as N samples x C channels x S spatial positions in one of two memory
+// layouts (contiguous N,C,S or channels-last N,S,C); LayerNorm/RMSNorm see `rows` rows of
+// `row_len` contiguous elements. Parameters and running statistics are 1-D arrays of float32
+// or float64 with an element stride. Invalid arguments throw std::invalid_argument with a
+// message that names the argument.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "normcpp/moments.hpp"
+
+namespace normcpp {
+
+enum class DType : int { f16 = 0, f32 = 1, f64 = 2 };
+enum class Layout : int { contiguous = 0, channels_last = 1 };
+
+// A read-only 1-D parameter (weight, bias, running stats in eval). data == nullptr: absent.
+struct ParamRef {
+  const void* data = nullptr;
+  DType dtype = DType::f32;  // f32 or f64
+  std::int64_t size = 0;
+  std::int64_t stride = 1;  // in elements
+  bool present() const { return data != nullptr; }
+  double get(std::int64_t i) const;
+};
+
+// A writable 1-D array (running statistics updated in training).
+struct MutParamRef {
+  void* data = nullptr;
+  DType dtype = DType::f32;  // f32 or f64
+  std::int64_t size = 0;
+  std::int64_t stride = 1;
+  bool present() const { return data != nullptr; }
+  double get(std::int64_t i) const;
+  void set(std::int64_t i, double v) const;
+  ParamRef as_const() const { return {data, dtype, size, stride}; }
+};
+
+// An (N, C, S) tensor and where its result goes. x and y may be the same pointer.
+struct NCSRef {
+  const void* x = nullptr;
+  void* y = nullptr;
+  DType dtype = DType::f32;
+  std::int64_t N = 0, C = 0, S = 0;
+  Layout layout = Layout::contiguous;
+};
+
+// Optional per-slot outputs for a backward pass: mean and 1/sqrt(var + eps) in double.
+struct SavedStats {
+  double* mean = nullptr;
+  double* invstd = nullptr;
+};
+
+// Running-statistics update rule shared by batch_norm and instance_norm.
+struct RunningUpdate {
+  MutParamRef mean, var;
+  double momentum = 0.1;  // new = (1 - momentum) * old + momentum * batch
+};
+
+// BatchNorm: statistics per channel over N and S. training: batch statistics (biased variance)
+// and, if running stats are given, their update with the unbiased variance. Otherwise the
+// running statistics normalize. saved (training only) receives per-channel mean and invstd.
+void batch_norm(const NCSRef& t, const RunningUpdate& running, ParamRef weight, ParamRef bias,
+                bool training, double eps, SavedStats saved = {});
+
+// InstanceNorm: statistics per (n, c) over S. With use_input_stats and running stats, the
+// running stats get the batch mean of the instance means/unbiased variances.
+void instance_norm(const NCSRef& t, const RunningUpdate& running, ParamRef weight,
+                   ParamRef bias, bool use_input_stats, double eps, SavedStats saved = {});
+
+// GroupNorm: statistics per (n, group of C/groups channels) over those channels and S.
+void group_norm(const NCSRef& t, std::int64_t groups, ParamRef weight, ParamRef bias,
+                double eps, SavedStats saved = {});
+
+// LayerNorm over rows of row_len contiguous elements; weight/bias are per element (row_len).
+void layer_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int64_t row_len,
+                ParamRef weight, ParamRef bias, double eps, SavedStats saved = {});
+
+// RMSNorm: y = x / sqrt(mean(x^2) + eps) * weight. saved.invstd receives 1/rms per row.
+void rms_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int64_t row_len,
+              ParamRef weight, double eps, SavedStats saved = {});
+
+// Threads (OpenMP when built with it). 0 or less restores the default.
+void set_num_threads(int n);
+int get_num_threads();
+bool has_openmp();
+
+// ISA dispatch. compiled_isas(): levels built into this binary, lowest first.
+// select_isa(name): force a level; throws std::invalid_argument for an unknown or uncompiled
+// name and std::runtime_error when the CPU lacks it.
+std::vector<std::string> compiled_isas();
+std::vector<std::string> supported_isas();  // compiled and runnable on this CPU
+std::string selected_isa();
+void select_isa(const std::string& name);
+
+const char* version();
+
+}  // namespace normcpp

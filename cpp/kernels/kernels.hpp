@@ -1,0 +1,52 @@
+// The kernel table: every SIMD kernel, one copy per ISA level, picked once at run time.
+// Kernels take plain pointers and sizes; they never allocate, throw or know about ops.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/half.hpp"
+#include "normcpp/moments.hpp"
+
+namespace normcpp {
+namespace kernels {
+
+// Elements per statistics block: small enough to stay in L1 for the second pass.
+constexpr std::int64_t kBlock = 2048;
+// Largest channel period (lcm(C, lanes)) handled by the periodic channels-last kernels.
+constexpr std::int64_t kMaxPeriod = 1024;
+
+// T: storage type; A: arithmetic type (float for float16/float32, double for float64).
+template <class T, class A>
+struct TypedKernels {
+  // Moments (n, mean, M2) of x[0..n): L1 blocks, exact two-pass per block, Chan merge.
+  Moments (*run_moments)(const T* x, std::int64_t n);
+  // Sum of squares of x[0..n), block partials in A, total in double.
+  double (*run_sumsq)(const T* x, std::int64_t n);
+  // Scratch (elements of A) cl_moments/apply_cl need for C channels.
+  std::int64_t (*cl_scratch_elems)(std::int64_t C);
+  // Per-channel moments of a contiguous rows x C matrix, merged (Chan) into mean[C], m2[C]
+  // whose common count is *count (updated).
+  void (*cl_moments)(const T* x, std::int64_t rows, std::int64_t C, A* scratch, double* mean,
+                     double* m2, double* count);
+  // y[i] = (x[i] - m) * a + b.
+  void (*apply_scalar)(const T* x, T* y, std::int64_t n, A m, A a, A b);
+  // Channels-last rows x C: y[r][c] = (x[r][c] - M[c]) * S[c] + B[c].
+  void (*apply_cl)(const T* x, T* y, std::int64_t rows, std::int64_t C, const A* M, const A* S,
+                   const A* B, A* scratch);
+  // One row: y[j] = (x[j] - m) * s * W[j] + B[j]; W and/or B may be null (1 and 0).
+  void (*apply_row)(const T* x, T* y, std::int64_t n, A m, A s, const A* W, const A* B);
+};
+
+struct KernelTable {
+  const char* name;
+  TypedKernels<half_t, float> f16;
+  TypedKernels<float, float> f32;
+  TypedKernels<double, double> f64;
+};
+
+// The table in use (chosen at first use: best level the CPU runs, or NORMCPP_ISA via select).
+const KernelTable& active();
+
+}  // namespace kernels
+}  // namespace normcpp

@@ -1,0 +1,48 @@
+// Thread count policy and a parallel loop over independent work items (OpenMP if present).
+// Items must be independent and deterministic: results never depend on the thread count.
+#pragma once
+
+#include <cstdint>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace normcpp {
+namespace ops {
+
+// Minimum elements of work a thread must get before another thread is worth starting.
+constexpr std::int64_t kMinWorkPerThread = 32768;
+
+int configured_threads();
+
+// Threads to use for `work` elements spread over `items` independent items.
+inline int threads_for(std::int64_t work, std::int64_t items) {
+  std::int64_t nt = configured_threads();
+  const std::int64_t by_work = work / kMinWorkPerThread;
+  if (by_work < nt) nt = by_work;
+  if (items < nt) nt = items;
+  return nt < 1 ? 1 : static_cast<int>(nt);
+}
+
+// f(item, thread_index) for item in [0, n), thread_index in [0, nt).
+template <class F>
+void parallel_for(std::int64_t n, int nt, F&& f) {
+#ifdef _OPENMP
+  if (nt > 1 && n > 1) {
+#pragma omp parallel num_threads(nt)
+    {
+      const int tid = omp_get_thread_num();
+#pragma omp for schedule(static)
+      for (std::int64_t i = 0; i < n; ++i) f(i, tid);
+    }
+    return;
+  }
+#else
+  (void)nt;
+#endif
+  for (std::int64_t i = 0; i < n; ++i) f(i, 0);
+}
+
+}  // namespace ops
+}  // namespace normcpp
