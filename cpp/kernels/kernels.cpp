@@ -47,8 +47,11 @@ namespace {
 
 using i64 = std::int64_t;
 
-typedef float vfloat __attribute__((vector_size(NORMCPP_VBYTES), aligned(4)));
-typedef double vdouble __attribute__((vector_size(NORMCPP_VBYTES), aligned(8)));
+typedef float vfloat __attribute__((vector_size(NORMCPP_VBYTES)));
+typedef double vdouble __attribute__((vector_size(NORMCPP_VBYTES)));
+// Unaligned, aliasing views for loads and stores (one vmovups each).
+typedef float vfloat_u __attribute__((vector_size(NORMCPP_VBYTES), aligned(1), may_alias));
+typedef double vdouble_u __attribute__((vector_size(NORMCPP_VBYTES), aligned(1), may_alias));
 
 inline i64 imin(i64 a, i64 b) { return a < b ? a : b; }
 inline i64 imax(i64 a, i64 b) { return a > b ? a : b; }
@@ -79,12 +82,8 @@ struct VT<float> {
   using A = float;
   using V = vfloat;
   static constexpr int W = NORMCPP_VBYTES / 4;
-  static V load(const float* p) {
-    V v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
-  static void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+  static V load(const float* p) { return *reinterpret_cast<const vfloat_u*>(p); }
+  static void store(float* p, V v) { *reinterpret_cast<vfloat_u*>(p) = v; }
   static A to_a(float x) { return x; }
   static float from_a(A x) { return x; }
 };
@@ -94,12 +93,8 @@ struct VT<double> {
   using A = double;
   using V = vdouble;
   static constexpr int W = NORMCPP_VBYTES / 8;
-  static V load(const double* p) {
-    V v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
-  static void store(double* p, V v) { std::memcpy(p, &v, sizeof v); }
+  static V load(const double* p) { return *reinterpret_cast<const vdouble_u*>(p); }
+  static void store(double* p, V v) { *reinterpret_cast<vdouble_u*>(p) = v; }
   static A to_a(double x) { return x; }
   static double from_a(A x) { return x; }
 };
@@ -272,106 +267,120 @@ inline void expand_period(const A* v, i64 C, A* dst, i64 P) {
     std::memcpy(dst + p, v, static_cast<std::size_t>(C) * sizeof(A));
 }
 
-// Channels-last moments. With a period P the flat stream is walked one vector at a time with
-// the pattern offset o cycling through P; otherwise row by row with scalar channel tails.
+// One statistics pass over a (nrows x wd) matrix with row stride ld, plus a partial last row
+// of `tail` elements: per column j, S[j] += sum(x - K[j]) and, in the second pass (Sq),
+// Q[j] += sum((x - K[j])^2). Columns go in register strips of 2 vectors, rows stream by.
+template <bool Sq, class T>
+void strip_pass(const T* x, i64 nrows, i64 ld, i64 wd, i64 tail, const typename VT<T>::A* K,
+                typename VT<T>::A* S, typename VT<T>::A* Q) {
+  using Tr = VT<T>;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr i64 W = Tr::W;
+  const T* last = x + nrows * ld;
+  i64 j = 0;
+  for (; j + 2 * W <= wd; j += 2 * W) {
+    const V k0 = VT<A>::load(K + j), k1 = VT<A>::load(K + j + W);
+    V s0 = VT<A>::load(S + j), s1 = VT<A>::load(S + j + W), q0{}, q1{};
+    if constexpr (Sq) {
+      q0 = VT<A>::load(Q + j);
+      q1 = VT<A>::load(Q + j + W);
+    }
+    const T* p = x + j;
+    for (i64 r = 0; r < nrows; ++r, p += ld) {
+      const V d0 = Tr::load(p) - k0, d1 = Tr::load(p + W) - k1;
+      s0 += d0;
+      s1 += d1;
+      if constexpr (Sq) {
+        q0 += d0 * d0;
+        q1 += d1 * d1;
+      }
+    }
+    VT<A>::store(S + j, s0);
+    VT<A>::store(S + j + W, s1);
+    if constexpr (Sq) {
+      VT<A>::store(Q + j, q0);
+      VT<A>::store(Q + j + W, q1);
+    }
+  }
+  for (; j + W <= wd; j += W) {
+    const V k0 = VT<A>::load(K + j);
+    V s0 = VT<A>::load(S + j), q0{};
+    if constexpr (Sq) q0 = VT<A>::load(Q + j);
+    const T* p = x + j;
+    for (i64 r = 0; r < nrows; ++r, p += ld) {
+      const V d0 = Tr::load(p) - k0;
+      s0 += d0;
+      if constexpr (Sq) q0 += d0 * d0;
+    }
+    VT<A>::store(S + j, s0);
+    if constexpr (Sq) VT<A>::store(Q + j, q0);
+  }
+  for (; j < wd; ++j) {
+    A s = A(0), q = A(0);
+    for (i64 r = 0; r < nrows; ++r) {
+      const A d = Tr::to_a(x[r * ld + j]) - K[j];
+      s += d;
+      if constexpr (Sq) q += d * d;
+    }
+    S[j] += s;
+    if constexpr (Sq) Q[j] += q;
+  }
+  for (i64 t = 0; t < tail; ++t) {
+    const A d = Tr::to_a(last[t]) - K[t];
+    S[t] += d;
+    if constexpr (Sq) Q[t] += d * d;
+  }
+}
+
+// Per-channel moments of a channels-last block of rows. With a period P = lcm(C, lanes) the
+// block is seen as whole periods (rows of P elements) plus a partial one, and position p
+// belongs to channel p mod C; otherwise as rows of C with scalar channel tails. Blocks of
+// kClBlock elements stay in L1/L2 for the second pass; each block's moments are merged into
+// the running per-channel (mean, m2) in double.
+constexpr i64 kClBlock = 8192;
+
 template <class T>
 void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double* mean,
                 double* m2, double* count) {
   using Tr = VT<T>;
   using A = typename Tr::A;
-  using V = typename Tr::V;
-  constexpr i64 W = Tr::W;
   const i64 P = cl_period<T>(C);
   const i64 L = P ? P : C;  // pattern length
   A* K = scratch;           // block shift, then block mean, per pattern position
   A* S = scratch + L;       // sum of x - K, then of d
   A* Q = scratch + 2 * L;   // sum of d^2
-  const i64 R = imax(1, kBlock / C);
+  const i64 R = imax(1, kClBlock / C);
   for (i64 r0 = 0; r0 < rows; r0 += R) {
     const i64 nr = imin(R, rows - r0);
     const T* blk = x + r0 * C;
-    // Pass 1: K = first row of the block (repeated over the period), S = sum(x - K).
+    const i64 n = nr * C;
+    const i64 nrows = P ? n / P : nr, tail = P ? n - (n / P) * P : 0;
+    // Pass 1: K = the block's first row (repeated over the period), S = sum(x - K).
     for (i64 c = 0; c < C; ++c) K[c] = Tr::to_a(blk[c]);
     if (P) expand_period(K, C, K, P);
     for (i64 p = 0; p < L; ++p) S[p] = A(0);
-    if (P) {
-      const i64 n = nr * C;
-      i64 i = 0, o = 0;
-      for (; i + W <= n; i += W) {
-        VT<A>::store(S + o, VT<A>::load(S + o) + (Tr::load(blk + i) - VT<A>::load(K + o)));
-        o += W;
-        if (o == P) o = 0;
-      }
-      for (i64 j = 0; i < n; ++i, ++j) S[o + j] += Tr::to_a(blk[i]) - K[o + j];
-    } else {
-      for (i64 r = 1; r < nr; ++r) {
-        const T* row = blk + r * C;
-        i64 c = 0;
-        for (; c + W <= C; c += W)
-          VT<A>::store(S + c, VT<A>::load(S + c) + (Tr::load(row + c) - VT<A>::load(K + c)));
-        for (; c < C; ++c) S[c] += Tr::to_a(row[c]) - K[c];
-      }
-    }
+    strip_pass<false>(blk, nrows, L, L, tail, K, S, Q);
     // Block mean per channel into K[0..C), repeated over the period.
     const A inv = A(1) / static_cast<A>(nr);
-    if (P) {
-      for (i64 c = 0; c < C; ++c) {
-        A s = A(0);
-        for (i64 p = c; p < P; p += C) s += S[p];
-        K[c] = K[c] + s * inv;
-      }
-      expand_period(K, C, K, P);
-    } else {
-      for (i64 c = 0; c < C; ++c) K[c] = K[c] + S[c] * inv;
+    for (i64 c = 0; c < C; ++c) {
+      A s = A(0);
+      for (i64 p = c; p < L; p += C) s += S[p];
+      K[c] = K[c] + s * inv;
     }
-    // Pass 2: S = sum(d), Q = sum(d^2), d = x - mean_b.
+    if (P) expand_period(K, C, K, P);
+    // Pass 2: S = sum(d), Q = sum(d^2), d = x - block mean.
     for (i64 p = 0; p < L; ++p) S[p] = Q[p] = A(0);
-    if (P) {
-      const i64 n = nr * C;
-      i64 i = 0, o = 0;
-      for (; i + W <= n; i += W) {
-        const V d = Tr::load(blk + i) - VT<A>::load(K + o);
-        VT<A>::store(S + o, VT<A>::load(S + o) + d);
-        VT<A>::store(Q + o, VT<A>::load(Q + o) + d * d);
-        o += W;
-        if (o == P) o = 0;
-      }
-      for (i64 j = 0; i < n; ++i, ++j) {
-        const A d = Tr::to_a(blk[i]) - K[o + j];
-        S[o + j] += d;
-        Q[o + j] += d * d;
-      }
-    } else {
-      for (i64 r = 0; r < nr; ++r) {
-        const T* row = blk + r * C;
-        i64 c = 0;
-        for (; c + W <= C; c += W) {
-          const V d = Tr::load(row + c) - VT<A>::load(K + c);
-          VT<A>::store(S + c, VT<A>::load(S + c) + d);
-          VT<A>::store(Q + c, VT<A>::load(Q + c) + d * d);
-        }
-        for (; c < C; ++c) {
-          const A d = Tr::to_a(row[c]) - K[c];
-          S[c] += d;
-          Q[c] += d * d;
-        }
-      }
-    }
+    strip_pass<true>(blk, nrows, L, L, tail, K, S, Q);
     // Merge this block's per-channel moments into the running (count, mean, m2).
     const double nb = static_cast<double>(nr);
     const double na = *count;
-    const double n = na + nb;
-    const double f = nb / n;
+    const double f = nb / (na + nb);
     for (i64 c = 0; c < C; ++c) {
       double s = 0.0, q = 0.0;
-      if (P) {
-        for (i64 p = c; p < P; p += C) {
-          s += static_cast<double>(S[p]);
-          q += static_cast<double>(Q[p]);
-        }
-      } else {
-        s = static_cast<double>(S[c]);
-        q = static_cast<double>(Q[c]);
+      for (i64 p = c; p < L; p += C) {
+        s += static_cast<double>(S[p]);
+        q += static_cast<double>(Q[p]);
       }
       const double bm = static_cast<double>(K[c]) + s / nb;
       const double bq = dclamp0(q - s * s / nb);
@@ -384,7 +393,7 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
         m2[c] += bq + d * d * na * f;
       }
     }
-    *count = n;
+    *count = na + nb;
   }
 }
 

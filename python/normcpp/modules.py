@@ -1,0 +1,1051 @@
+"""Stateful normalization modules with PyTorch's names, arguments and ``state_dict`` keys.
+
+Every module keeps its parameters (``weight``, ``bias``) and buffers (``running_mean``,
+``running_var``, ``num_batches_tracked``) as NumPy arrays and does all arithmetic through
+:mod:`normcpp.functional`; the Python code here only holds state and checks arguments.
+
+A failed call changes nothing: ``forward`` validates before it computes and counts the batch
+only after the computation succeeded; ``load_state_dict`` validates every value before it
+assigns any.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
+
+import numpy as np
+
+from . import functional as F
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LayerNorm",
+    "Module",
+    "RMSNorm",
+]
+
+DTypeLike = Union[np.dtype, type, str]
+ShapeLike = Union[int, Sequence[int]]
+
+
+class _IncompatibleKeys(NamedTuple):
+    """What :meth:`Module.load_state_dict` returns (as ``torch.nn.Module`` does)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks (constructor time, O(1))
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as a NumPy dtype, which must be float32 or float64 (``TypeError`` otherwise)."""
+    try:
+        dt = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def _check_eps(eps: Any) -> float:
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    value = float(eps)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    return value
+
+
+def _check_momentum(momentum: Any) -> float | None:
+    if momentum is None:
+        return None
+    if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"momentum must be a float in [0, 1] or None, got {type(momentum).__name__}")
+    value = float(momentum)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
+    return value
+
+
+def _check_normalized_shape(normalized_shape: Any) -> tuple[int, ...]:
+    if _is_int(normalized_shape):
+        dims: tuple[Any, ...] = (normalized_shape,)
+    else:
+        try:
+            if isinstance(normalized_shape, (str, bytes, set, frozenset, Mapping)):
+                raise TypeError
+            dims = tuple(normalized_shape)
+        except TypeError:
+            dims = (None,)  # not a sequence: reported below
+    if not all(_is_int(d) for d in dims):
+        raise TypeError(
+            f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}"
+        )
+    shape = tuple(int(d) for d in dims)
+    if not shape or any(d <= 0 for d in shape):
+        raise ValueError(
+            "normalized_shape must be a positive int or a non-empty sequence of positive ints, "
+            f"got {normalized_shape!r}"
+        )
+    return shape
+
+
+def _check_ndarray(input: Any) -> None:
+    if not isinstance(input, np.ndarray):
+        raise TypeError(f"input must be a numpy.ndarray, got {type(input).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# state_dict values
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """An array-like (a torch tensor included, on any device) as an ndarray."""
+    if hasattr(value, "detach"):  # torch.Tensor and look-alikes
+        tensor = value.detach()
+        if hasattr(tensor, "cpu"):
+            tensor = tensor.cpu()
+        try:
+            return np.asarray(tensor.numpy())
+        except (TypeError, RuntimeError):
+            if not hasattr(tensor, "float"):
+                raise
+            return np.asarray(tensor.float().numpy())  # bfloat16 and other types NumPy lacks
+    return np.asarray(value)
+
+
+def _convert_state_value(
+    key: str, value: Any, shape: tuple[int, ...], dtype: np.dtype
+) -> np.ndarray:
+    """``value`` checked (real, finite, of ``shape``) and cast to a fresh array of ``dtype``."""
+    try:
+        arr = _to_numpy(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"state_dict[{key!r}] cannot be converted to an array: {exc}") from exc
+    integer_target = dtype.kind in "iu"
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(
+            f"state_dict[{key!r}] must hold real numbers, got an array of dtype {arr.dtype}"
+        )
+    if arr.shape != shape:
+        if shape == () and arr.shape == (1,):  # PyTorch accepts a 1-element vector for a scalar
+            arr = arr.reshape(())
+        else:
+            raise ValueError(
+                f"size mismatch for {key}: expected shape {shape}, got shape {arr.shape}"
+            )
+    with np.errstate(all="ignore"):
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError(f"state_dict[{key!r}] contains non-finite values (NaN or inf)")
+        if integer_target:
+            if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+                raise ValueError(f"state_dict[{key!r}] must hold integers, got {arr!r}")
+            if (arr < 0).any():
+                raise ValueError(f"state_dict[{key!r}] must be >= 0, got {arr!r}")
+        result = arr.astype(dtype, copy=True)
+        if not integer_target and not np.isfinite(result).all():
+            raise ValueError(f"state_dict[{key!r}] overflows {dtype}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# base class
+
+
+class Module:
+    """Base class of the normcpp modules: a train/eval flag, parameters and buffers held as
+    NumPy arrays, and ``state_dict`` I/O with PyTorch's keys.
+
+    Subclasses list their attribute names in ``_parameter_names`` and ``_buffer_names`` (an
+    attribute set to ``None`` is absent) and implement :meth:`forward`.
+
+    Parameters
+    ----------
+    dtype : float32 or float64
+        The dtype of the floating-point parameters and buffers.
+
+    Examples
+    --------
+    >>> import normcpp as nc
+    >>> m = nc.BatchNorm1d(3)
+    >>> m.eval() is m, m.training
+    (True, False)
+    >>> list(m.state_dict())
+    ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']
+    """
+
+    _parameter_names: tuple[str, ...] = ()
+    _buffer_names: tuple[str, ...] = ()
+
+    def __init__(self, *, dtype: DTypeLike = np.float32) -> None:
+        self._dtype: np.dtype = _check_dtype(dtype)
+        self.training: bool = True
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the floating-point parameters and buffers (float32 or float64)."""
+        return self._dtype
+
+    def forward(self, input: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Compute the module's output for ``input`` (implemented by subclasses)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def __call__(self, input: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Same as :meth:`forward`."""
+        return self.forward(input, out=out)
+
+    def train(self, mode: bool = True) -> Self:
+        """Set training mode (``True``) or evaluation mode (``False``); returns ``self``.
+
+        Examples
+        --------
+        >>> import normcpp as nc
+        >>> nc.LayerNorm(4).train(False).training
+        False
+        """
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"mode must be a bool, got {type(mode).__name__}")
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> Self:
+        """Set evaluation mode (same as ``train(False)``); returns ``self``.
+
+        Examples
+        --------
+        >>> import normcpp as nc
+        >>> nc.BatchNorm2d(8).eval().training
+        False
+        """
+        return self.train(False)
+
+    def extra_repr(self) -> str:
+        """The text inside the parentheses of ``repr(module)``."""
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    # parameters and buffers ----------------------------------------------------------------
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, array)`` for each parameter (the arrays themselves, not copies).
+
+        Examples
+        --------
+        >>> import normcpp as nc
+        >>> [name for name, _ in nc.GroupNorm(2, 4).named_parameters()]
+        ['weight', 'bias']
+        """
+        for name in self._parameter_names:
+            value = getattr(self, name, None)
+            if value is not None:
+                yield name, value
+
+    def parameters(self) -> Iterator[np.ndarray]:
+        """Each parameter array (the arrays themselves, so they can be updated in place).
+
+        Examples
+        --------
+        >>> import normcpp as nc
+        >>> m = nc.LayerNorm(3)
+        >>> for p in m.parameters():
+        ...     p *= 2.0
+        >>> m.weight.tolist()
+        [2.0, 2.0, 2.0]
+        """
+        for _, value in self.named_parameters():
+            yield value
+
+    def named_buffers(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, array)`` for each buffer (the arrays themselves, not copies).
+
+        Examples
+        --------
+        >>> import normcpp as nc
+        >>> [name for name, _ in nc.BatchNorm1d(3).named_buffers()]
+        ['running_mean', 'running_var', 'num_batches_tracked']
+        """
+        for name in self._buffer_names:
+            value = getattr(self, name, None)
+            if value is not None:
+                yield name, value
+
+    def buffers(self) -> Iterator[np.ndarray]:
+        """Each buffer array (the arrays themselves, not copies).
+
+        Examples
+        --------
+        >>> import normcpp as nc
+        >>> len(list(nc.BatchNorm1d(3).buffers()))
+        3
+        """
+        for _, value in self.named_buffers():
+            yield value
+
+    def _state_items(self) -> Iterator[tuple[str, np.ndarray]]:
+        yield from self.named_parameters()
+        yield from self.named_buffers()
+
+    def _state_dtype(self, key: str) -> np.dtype:
+        """The dtype that ``load_state_dict`` casts the value of ``key`` to."""
+        return self._dtype
+
+    def _tolerate_missing(self, key: str) -> bool:
+        """Whether ``load_state_dict`` keeps the current value when ``key`` is absent."""
+        return False
+
+    # state_dict ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters and buffers, under PyTorch's keys in PyTorch's order.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Parameters first, then buffers; absent ones (``None``) are left out.
+
+        Examples
+        --------
+        >>> import normcpp as nc
+        >>> sd = nc.BatchNorm2d(4).state_dict()
+        >>> list(sd), sd["num_batches_tracked"].dtype
+        (['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'], dtype('int64'))
+        """
+        return {name: np.array(value, copy=True) for name, value in self._state_items()}
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True
+    ) -> _IncompatibleKeys:
+        """Copy values from ``state_dict`` into the parameters and buffers.
+
+        Values may be any array-likes, PyTorch tensors included (so a ``torch.nn`` module's
+        ``state_dict()`` loads directly). Each is checked (real numbers, finite, the expected
+        shape) and cast to this module's dtype (``num_batches_tracked`` to int64). Everything is
+        validated before anything is assigned, so a failed load changes nothing. The arrays are
+        updated in place, so references from :meth:`parameters` stay valid.
+
+        Parameters
+        ----------
+        state_dict : mapping of str to array-like
+        strict : bool, default True
+            Raise ``ValueError`` if ``state_dict`` lacks a key of this module or has another
+            key. A missing ``num_batches_tracked`` is tolerated (its value is kept), as in
+            PyTorch.
+
+        Returns
+        -------
+        NamedTuple ``(missing_keys, unexpected_keys)``
+
+        Raises
+        ------
+        TypeError
+            ``state_dict`` is not a mapping, or a value is not real numbers.
+        ValueError
+            Missing or unexpected keys (strict), a shape mismatch, a non-finite value.
+
+        Examples
+        --------
+        >>> import numpy as np, normcpp as nc
+        >>> m = nc.LayerNorm(3)
+        >>> m.load_state_dict({"weight": [1.0, 2.0, 3.0], "bias": np.zeros(3)})
+        _IncompatibleKeys(missing_keys=[], unexpected_keys=[])
+        >>> m.weight
+        array([1., 2., 3.], dtype=float32)
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        current = dict(self._state_items())
+        missing = [k for k in current if k not in state_dict and not self._tolerate_missing(k)]
+        unexpected = [k if isinstance(k, str) else repr(k) for k in state_dict if k not in current]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append("missing key(s): " + ", ".join(repr(k) for k in missing))
+            if unexpected:
+                parts.append("unexpected key(s): " + ", ".join(repr(k) for k in unexpected))
+            raise ValueError(
+                f"Error(s) in loading state_dict for {type(self).__name__}: "
+                + "; ".join(parts)
+            )
+        staged = {
+            key: _convert_state_value(key, state_dict[key], np.shape(value),
+                                      self._state_dtype(key))
+            for key, value in current.items()
+            if key in state_dict
+        }
+        for key, value in staged.items():
+            target = current[key]
+            if (
+                isinstance(target, np.ndarray)
+                and target.flags.writeable
+                and target.dtype == value.dtype
+            ):
+                np.copyto(target, value)
+            else:
+                setattr(self, key, value)
+        return _IncompatibleKeys(missing, unexpected)
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm and InstanceNorm
+
+
+class _NormBase(Module):
+    """Common base of BatchNorm and InstanceNorm: per-channel affine parameters and running
+    statistics.
+
+    Subclasses set ``_layouts``: for each accepted input rank, ``(ndim, dimension names,
+    channel axis)``.
+    """
+
+    _parameter_names = ("weight", "bias")
+    _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+    _layouts: tuple[tuple[int, str, int], ...] = ()
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        dtype: DTypeLike = np.float32,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(dtype=dtype)
+        self.num_features: int = _check_positive_int(num_features, "num_features")
+        self.eps: float = _check_eps(eps)
+        self.momentum: float | None = _check_momentum(momentum)
+        self.affine: bool = bool(affine)
+        self.track_running_stats: bool = bool(track_running_stats)
+        c, dt = self.num_features, self._dtype
+        self.weight: np.ndarray | None = np.ones(c, dt) if self.affine else None
+        self.bias: np.ndarray | None = np.zeros(c, dt) if self.affine and bias else None
+        self.running_mean: np.ndarray | None = None
+        self.running_var: np.ndarray | None = None
+        self.num_batches_tracked: np.ndarray | None = None
+        if self.track_running_stats:
+            self.running_mean = np.zeros(c, dt)
+            self.running_var = np.ones(c, dt)
+            self.num_batches_tracked = np.zeros((), np.int64)
+
+    def reset_running_stats(self) -> None:
+        """Running mean to 0, running variance to 1, ``num_batches_tracked`` to 0 (in place).
+
+        Examples
+        --------
+        >>> import numpy as np, normcpp as nc
+        >>> m = nc.BatchNorm1d(2)
+        >>> _ = m(np.array([[0.0, 1.0], [2.0, 5.0]]))
+        >>> m.reset_running_stats()
+        >>> m.running_mean.tolist(), int(m.num_batches_tracked)
+        ([0.0, 0.0], 0)
+        """
+        if self.running_mean is not None:
+            self.running_mean.fill(0)
+        if self.running_var is not None:
+            self.running_var.fill(1)
+        if self.num_batches_tracked is not None:
+            self.num_batches_tracked.fill(0)
+
+    def reset_parameters(self) -> None:
+        """Reset the running statistics, ``weight`` to 1 and ``bias`` to 0 (in place).
+
+        Examples
+        --------
+        >>> import normcpp as nc
+        >>> m = nc.BatchNorm1d(2)
+        >>> m.weight[:] = 3.0
+        >>> m.reset_parameters()
+        >>> m.weight.tolist()
+        [1.0, 1.0]
+        """
+        self.reset_running_stats()
+        if self.weight is not None:
+            self.weight.fill(1)
+        if self.bias is not None:
+            self.bias.fill(0)
+
+    def extra_repr(self) -> str:
+        """``"64, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True"``."""
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
+    def _tolerate_missing(self, key: str) -> bool:
+        return key == "num_batches_tracked"
+
+    def _state_dtype(self, key: str) -> np.dtype:
+        return np.dtype(np.int64) if key == "num_batches_tracked" else self._dtype
+
+    def _batch_stats_mode(self) -> bool:
+        """Whether ``forward`` normalizes with the statistics of its input (batch statistics)
+        rather than with the running statistics."""
+        return self.training or self.running_mean is None or self.running_var is None
+
+    def _updates_running_stats(self) -> bool:
+        """Whether ``forward`` updates the running statistics."""
+        return (
+            self.training
+            and self.track_running_stats
+            and self.running_mean is not None
+            and self.running_var is not None
+        )
+
+    def _has_channel_state(self) -> bool:
+        """Whether a per-channel array ties the module to ``num_features`` channels."""
+        return any(
+            a is not None for a in (self.weight, self.bias, self.running_mean, self.running_var)
+        )
+
+    def _check_input(self, input: Any) -> None:
+        """Type, rank and (where a per-channel array needs it) channel count of ``input``."""
+        _check_ndarray(input)
+        channel_dims = {ndim: dim for ndim, _, dim in self._layouts}
+        if input.ndim not in channel_dims:
+            expected = " or ".join(f"{ndim}-D input {names}" for ndim, names, _ in self._layouts)
+            raise ValueError(
+                f"{type(self).__name__} expected {expected}, got {input.ndim}-D input of shape "
+                f"{input.shape}"
+            )
+        dim = channel_dims[input.ndim]
+        if self._has_channel_state() and input.shape[dim] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__} expected input with num_features={self.num_features} "
+                f"channels at dim {dim}, got {input.shape[dim]} (input shape {input.shape})"
+            )
+
+
+class _BatchNorm(_NormBase):
+    """Batch normalization: per-channel statistics over the batch and spatial dims.
+
+    Batch statistics are used in training mode and whenever the module has no running
+    statistics; the running statistics are updated in training mode when tracked.
+    """
+
+    def _momentum_factor(self) -> float:
+        """The update factor for the next tracked batch: ``momentum``, or with
+        ``momentum=None`` the cumulative average ``1 / (num_batches_tracked + 1)``."""
+        if self.momentum is not None:
+            return self.momentum
+        if self.num_batches_tracked is None:
+            return 0.0
+        return 1.0 / float(int(self.num_batches_tracked) + 1)
+
+    def forward(self, input: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalize ``input`` (N, C, *) per channel.
+
+        Parameters
+        ----------
+        input : ndarray of float16, float32 or float64
+        out : ndarray, optional
+            Receives the result (same shape and dtype as ``input``); may be ``input``.
+
+        Returns
+        -------
+        ndarray
+            Same shape, dtype and memory layout as ``input``.
+        """
+        self._check_input(input)
+        batch_stats = self._batch_stats_mode()
+        update = self._updates_running_stats()
+        if batch_stats and input.shape[0] * math.prod(input.shape[2:]) == 1:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, got input of shape "
+                f"{input.shape}"
+            )
+        use_running = update or not batch_stats
+        factor = self._momentum_factor() if update else (self.momentum or 0.0)
+        result = F.batch_norm(
+            input,
+            self.running_mean if use_running else None,
+            self.running_var if use_running else None,
+            self.weight,
+            self.bias,
+            batch_stats,
+            factor,
+            self.eps,
+            out=out,
+        )
+        if update and self.num_batches_tracked is not None:
+            np.add(self.num_batches_tracked, 1, out=self.num_batches_tracked)
+        return result
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalization over (N, C) or (N, C, L) input, like ``torch.nn.BatchNorm1d``.
+
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels.
+    eps : float, default 1e-5
+        Added to the variance inside the square root.
+    momentum : float or None, default 0.1
+        Running statistics are updated as ``(1 - momentum) * running + momentum * batch``;
+        ``None`` gives the cumulative average over all batches seen.
+    affine : bool, default True
+        Learnable per-channel ``weight`` (ones) and ``bias`` (zeros).
+    track_running_stats : bool, default True
+        Keep ``running_mean``, ``running_var`` and ``num_batches_tracked``; without them the
+        batch statistics are used in eval mode too.
+    dtype : float32 or float64, default float32
+        Dtype of the parameters and running statistics (the input may have another).
+    bias : bool, default True
+        Keyword only. With ``affine``, whether to have a ``bias``.
+
+    Examples
+    --------
+    >>> import numpy as np, normcpp as nc
+    >>> m = nc.BatchNorm1d(3)
+    >>> x = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32)
+    >>> y = m(x)
+    >>> np.allclose(y.mean(axis=0), 0, atol=1e-5), int(m.num_batches_tracked)
+    (True, 1)
+    >>> m
+    BatchNorm1d(3, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
+    """
+
+    _layouts = ((2, "(N, C)", 1), (3, "(N, C, L)", 1))
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalization over (N, C, H, W) input, like ``torch.nn.BatchNorm2d``.
+
+    Same parameters as :class:`BatchNorm1d`.
+
+    Examples
+    --------
+    >>> import numpy as np, normcpp as nc
+    >>> m = nc.BatchNorm2d(4, momentum=None)
+    >>> x = np.random.default_rng(0).standard_normal((2, 4, 5, 5)).astype(np.float32)
+    >>> m(x).shape, m.eval()(x).shape
+    ((2, 4, 5, 5), (2, 4, 5, 5))
+    """
+
+    _layouts = ((4, "(N, C, H, W)", 1),)
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch normalization over (N, C, D, H, W) input, like ``torch.nn.BatchNorm3d``.
+
+    Same parameters as :class:`BatchNorm1d`.
+
+    Examples
+    --------
+    >>> import numpy as np, normcpp as nc
+    >>> m = nc.BatchNorm3d(2, dtype=np.float64)
+    >>> m(np.ones((2, 2, 3, 3, 3))).shape
+    (2, 2, 3, 3, 3)
+    """
+
+    _layouts = ((5, "(N, C, D, H, W)", 1),)
+
+
+class _InstanceNorm(_NormBase):
+    """Instance normalization: statistics per (sample, channel) over the spatial dims.
+
+    Accepts batched (N, C, *spatial) and unbatched (C, *spatial) input. As in PyTorch, the
+    input statistics are used in training mode and whenever the running statistics are not
+    tracked; tracked running statistics are updated in training mode (``momentum=None`` means
+    no update) and ``num_batches_tracked`` is never incremented.
+    """
+
+    _spatial_dims: int = 1
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        dtype: DTypeLike = np.float32,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype,
+                         bias=bias)
+
+    def _batch_stats_mode(self) -> bool:
+        return self.training or not self.track_running_stats
+
+    def forward(self, input: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalize each (sample, channel) of ``input`` over its spatial positions.
+
+        Parameters
+        ----------
+        input : ndarray of float16, float32 or float64
+            Batched (N, C, *spatial) or unbatched (C, *spatial).
+        out : ndarray, optional
+            Receives the result (same shape and dtype as ``input``); may be ``input``.
+
+        Returns
+        -------
+        ndarray
+            Same shape and dtype as ``input``.
+        """
+        self._check_input(input)
+        batched = input.ndim == self._spatial_dims + 2
+        x = input if batched else input[np.newaxis]
+        target = out
+        if not batched and isinstance(out, np.ndarray):
+            target = out[np.newaxis]
+        use_input_stats = self._batch_stats_mode()
+        if use_input_stats and math.prod(x.shape[2:]) == 1:
+            raise ValueError(
+                "Expected more than 1 spatial element when training, got input of shape "
+                f"{input.shape}"
+            )
+        result = F.instance_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            use_input_stats,
+            self.momentum if self.momentum is not None else 0.0,
+            self.eps,
+            out=target,
+        )
+        if batched:
+            return result
+        return out if out is not None else result[0]
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """Instance normalization over (N, C, L) or unbatched (C, L) input, like
+    ``torch.nn.InstanceNorm1d``.
+
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels.
+    eps : float, default 1e-5
+    momentum : float or None, default 0.1
+        Update factor of the running statistics (``None``: no update, as in PyTorch).
+    affine : bool, default False
+        Learnable per-channel ``weight`` and ``bias``.
+    track_running_stats : bool, default False
+        Keep running statistics (updated in training, used in eval).
+    dtype : float32 or float64, default float32
+    bias : bool, default True
+        Keyword only. With ``affine``, whether to have a ``bias``.
+
+    Examples
+    --------
+    >>> import numpy as np, normcpp as nc
+    >>> m = nc.InstanceNorm1d(3)
+    >>> x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    >>> np.allclose(m(x).mean(axis=2), 0, atol=1e-6), m(x[0]).shape
+    (True, (3, 4))
+    """
+
+    _layouts = ((3, "(N, C, L)", 1), (2, "(C, L)", 0))
+    _spatial_dims = 1
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance normalization over (N, C, H, W) or unbatched (C, H, W) input, like
+    ``torch.nn.InstanceNorm2d``. Same parameters as :class:`InstanceNorm1d`.
+
+    Examples
+    --------
+    >>> import numpy as np, normcpp as nc
+    >>> m = nc.InstanceNorm2d(3, affine=True)
+    >>> m(np.ones((2, 3, 4, 4), np.float32)).shape
+    (2, 3, 4, 4)
+    """
+
+    _layouts = ((4, "(N, C, H, W)", 1), (3, "(C, H, W)", 0))
+    _spatial_dims = 2
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """Instance normalization over (N, C, D, H, W) or unbatched (C, D, H, W) input, like
+    ``torch.nn.InstanceNorm3d``. Same parameters as :class:`InstanceNorm1d`.
+
+    Examples
+    --------
+    >>> import numpy as np, normcpp as nc
+    >>> m = nc.InstanceNorm3d(2, track_running_stats=True)
+    >>> m(np.ones((1, 2, 2, 2, 2), np.float32)).shape
+    (1, 2, 2, 2, 2)
+    """
+
+    _layouts = ((5, "(N, C, D, H, W)", 1), (4, "(C, D, H, W)", 0))
+    _spatial_dims = 3
+
+
+# --------------------------------------------------------------------------------------------
+# GroupNorm, LayerNorm, RMSNorm
+
+
+class GroupNorm(Module):
+    """Group normalization over (N, C, *) input, like ``torch.nn.GroupNorm``.
+
+    Parameters
+    ----------
+    num_groups : int
+        Number of groups; must divide ``num_channels``.
+    num_channels : int
+        C, the number of channels.
+    eps : float, default 1e-5
+    affine : bool, default True
+        Learnable per-channel ``weight`` (ones) and ``bias`` (zeros).
+    dtype : float32 or float64, default float32
+    bias : bool, default True
+        Keyword only. With ``affine``, whether to have a ``bias``.
+
+    Examples
+    --------
+    >>> import numpy as np, normcpp as nc
+    >>> m = nc.GroupNorm(2, 4)
+    >>> m(np.random.default_rng(0).standard_normal((3, 4, 5))).shape
+    (3, 4, 5)
+    >>> m
+    GroupNorm(2, 4, eps=1e-05, affine=True, bias=True)
+    """
+
+    _parameter_names = ("weight", "bias")
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        dtype: DTypeLike = np.float32,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(dtype=dtype)
+        self.num_groups: int = _check_positive_int(num_groups, "num_groups")
+        self.num_channels: int = _check_positive_int(num_channels, "num_channels")
+        if self.num_channels % self.num_groups != 0:
+            raise ValueError(
+                f"num_channels ({self.num_channels}) must be divisible by num_groups "
+                f"({self.num_groups})"
+            )
+        self.eps: float = _check_eps(eps)
+        self.affine: bool = bool(affine)
+        c, dt = self.num_channels, self._dtype
+        self.weight: np.ndarray | None = np.ones(c, dt) if self.affine else None
+        self.bias: np.ndarray | None = np.zeros(c, dt) if self.affine and bias else None
+
+    def reset_parameters(self) -> None:
+        """``weight`` to 1 and ``bias`` to 0 (in place)."""
+        if self.weight is not None:
+            self.weight.fill(1)
+        if self.bias is not None:
+            self.bias.fill(0)
+
+    def extra_repr(self) -> str:
+        """``"32, 64, eps=1e-05, affine=True, bias=True"``."""
+        return (
+            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+            f"bias={self.bias is not None}"
+        )
+
+    def forward(self, input: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalize each (sample, group) of ``input`` (N, C, *).
+
+        Parameters
+        ----------
+        input : ndarray of float16, float32 or float64
+        out : ndarray, optional
+            Receives the result (same shape and dtype as ``input``); may be ``input``.
+        """
+        _check_ndarray(input)
+        if input.ndim < 2:
+            raise ValueError(
+                f"GroupNorm expected input of at least 2-D (N, C, *), got {input.ndim}-D input "
+                f"of shape {input.shape}"
+            )
+        has_channel_state = self.weight is not None or self.bias is not None
+        if has_channel_state and input.shape[1] != self.num_channels:
+            raise ValueError(
+                f"GroupNorm expected input with num_channels={self.num_channels} channels at "
+                f"dim 1, got {input.shape[1]} (input shape {input.shape})"
+            )
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps, out=out)
+
+
+def _check_trailing_shape(module: Module, input: Any, normalized_shape: tuple[int, ...]) -> None:
+    _check_ndarray(input)
+    k = len(normalized_shape)
+    if input.ndim < k or tuple(input.shape[input.ndim - k:]) != normalized_shape:
+        raise ValueError(
+            f"{type(module).__name__} expected input whose trailing dims equal "
+            f"normalized_shape={normalized_shape}, got input of shape {input.shape}"
+        )
+
+
+class LayerNorm(Module):
+    """Layer normalization over the trailing ``normalized_shape`` dims, like
+    ``torch.nn.LayerNorm``.
+
+    Parameters
+    ----------
+    normalized_shape : int or sequence of int
+        The trailing shape that each row is normalized over.
+    eps : float, default 1e-5
+    elementwise_affine : bool, default True
+        Learnable ``weight`` (ones) and ``bias`` (zeros) of shape ``normalized_shape``.
+    bias : bool, default True
+        With ``elementwise_affine``, whether to have a ``bias``.
+    dtype : float32 or float64, default float32
+
+    Examples
+    --------
+    >>> import numpy as np, normcpp as nc
+    >>> m = nc.LayerNorm(8)
+    >>> y = m(np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32))
+    >>> np.allclose(y.mean(axis=1), 0, atol=1e-6)
+    True
+    >>> m
+    LayerNorm((8,), eps=1e-05, elementwise_affine=True, bias=True)
+    """
+
+    _parameter_names = ("weight", "bias")
+
+    def __init__(
+        self,
+        normalized_shape: ShapeLike,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
+        super().__init__(dtype=dtype)
+        self.normalized_shape: tuple[int, ...] = _check_normalized_shape(normalized_shape)
+        self.eps: float = _check_eps(eps)
+        self.elementwise_affine: bool = bool(elementwise_affine)
+        shape, dt = self.normalized_shape, self._dtype
+        affine = self.elementwise_affine
+        self.weight: np.ndarray | None = np.ones(shape, dt) if affine else None
+        self.bias: np.ndarray | None = np.zeros(shape, dt) if affine and bias else None
+
+    def reset_parameters(self) -> None:
+        """``weight`` to 1 and ``bias`` to 0 (in place)."""
+        if self.weight is not None:
+            self.weight.fill(1)
+        if self.bias is not None:
+            self.bias.fill(0)
+
+    def extra_repr(self) -> str:
+        """``"(768,), eps=1e-05, elementwise_affine=True, bias=True"``."""
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, "
+            f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}"
+        )
+
+    def forward(self, input: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalize ``input`` (*, *normalized_shape) over its trailing dims.
+
+        Parameters
+        ----------
+        input : ndarray of float16, float32 or float64
+        out : ndarray, optional
+            Receives the result (same shape and dtype as ``input``); may be ``input``.
+        """
+        _check_trailing_shape(self, input, self.normalized_shape)
+        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
+                            out=out)
+
+
+class RMSNorm(Module):
+    """Root-mean-square normalization over the trailing ``normalized_shape`` dims, like
+    ``torch.nn.RMSNorm``: ``x / sqrt(mean(x**2) + eps) * weight``.
+
+    Parameters
+    ----------
+    normalized_shape : int or sequence of int
+    eps : float or None, default None
+        ``None`` uses ``np.finfo(input.dtype).eps``, as PyTorch does.
+    elementwise_affine : bool, default True
+        Learnable ``weight`` (ones) of shape ``normalized_shape``.
+    dtype : float32 or float64, default float32
+
+    Examples
+    --------
+    >>> import numpy as np, normcpp as nc
+    >>> m = nc.RMSNorm(2, eps=0.0)
+    >>> np.round(m(np.array([[3.0, 4.0]])), 6).tolist()
+    [[0.848528, 1.131371]]
+    >>> m
+    RMSNorm((2,), eps=0.0, elementwise_affine=True)
+    """
+
+    _parameter_names = ("weight",)
+
+    def __init__(
+        self,
+        normalized_shape: ShapeLike,
+        eps: float | None = None,
+        elementwise_affine: bool = True,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
+        super().__init__(dtype=dtype)
+        self.normalized_shape: tuple[int, ...] = _check_normalized_shape(normalized_shape)
+        self.eps: float | None = None if eps is None else _check_eps(eps)
+        self.elementwise_affine: bool = bool(elementwise_affine)
+        self.weight: np.ndarray | None = (
+            np.ones(self.normalized_shape, self._dtype) if self.elementwise_affine else None
+        )
+
+    def reset_parameters(self) -> None:
+        """``weight`` to 1 (in place)."""
+        if self.weight is not None:
+            self.weight.fill(1)
+
+    def extra_repr(self) -> str:
+        """``"(768,), eps=None, elementwise_affine=True"``."""
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, "
+            f"elementwise_affine={self.elementwise_affine}"
+        )
+
+    def forward(self, input: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalize ``input`` (*, *normalized_shape) by its root mean square.
+
+        Parameters
+        ----------
+        input : ndarray of float16, float32 or float64
+        out : ndarray, optional
+            Receives the result (same shape and dtype as ``input``); may be ``input``.
+        """
+        _check_trailing_shape(self, input, self.normalized_shape)
+        return F.rms_norm(input, self.normalized_shape, self.weight, self.eps, out=out)
