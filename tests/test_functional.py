@@ -1,0 +1,582 @@
+"""Every functional op against the float64 NumPy reference in ``reference.py``: every input
+dtype, parameter dtype, with and without affine parameters, odd sizes that leave SIMD
+remainders, running-statistics updates, ``out=``, exact zeros for constant input, stable
+statistics, and property tests (shift/scale invariance, group_norm special cases)."""
+
+from __future__ import annotations
+
+import normcpp as nc
+import numpy as np
+import pytest
+import reference as ref
+from conftest import is_channels_last, random_params, to_layout
+
+DTYPES = [np.float16, np.float32, np.float64]
+PDTYPES = [np.float32, np.float64]
+#: (which affine parameters, their dtype): every kind of affine, both parameter dtypes
+AFFINE = [("none", np.float32), ("weight", np.float64), ("bias", np.float32),
+          ("both", np.float32), ("both", np.float64)]
+AFFINE_IDS = [f"{a}-{np.dtype(p).name}" for a, p in AFFINE]
+
+
+def make_input(rng, shape, dtype, offset=0.5, scale=2.0):
+    """Random data with a per-channel offset (axis 1), so channel means differ."""
+    x = rng.standard_normal(shape) * scale + offset
+    if len(shape) >= 2:
+        x += np.arange(shape[1]).reshape((1, shape[1]) + (1,) * (len(shape) - 2)) * 0.25
+    return x.astype(dtype)
+
+
+def affine_params(rng, shape, pdtype, affine):
+    w = rng.uniform(0.5, 1.5, shape).astype(pdtype) if affine in ("weight", "both") else None
+    b = rng.standard_normal(shape).astype(pdtype) if affine in ("bias", "both") else None
+    return w, b
+
+
+def assert_close(y, expected, dtype):
+    rtol, atol = ref.tolerance(dtype)
+    np.testing.assert_allclose(np.asarray(y, dtype=np.float64), expected, rtol=rtol, atol=atol)
+
+
+def stat_tol(dtype, pdtype):
+    """(rtol, atol) for running statistics stored in ``pdtype`` from ``dtype`` input."""
+    if np.dtype(dtype) == np.float64 and np.dtype(pdtype) == np.float64:
+        return 1e-10, 1e-12
+    return 1e-5, 1e-6
+
+
+def assert_stats_close(actual, expected, dtype, pdtype):
+    rtol, atol = stat_tol(dtype, pdtype)
+    assert actual.dtype == np.dtype(pdtype)
+    np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------------------------
+# batch_norm
+
+BN_SHAPES = [(5, 3), (4, 1, 31), (2, 3, 5), (3, 17, 33), (2, 7, 5, 5), (1, 3, 1, 257),
+             (2, 3, 3, 4, 5)]
+
+
+@pytest.mark.parametrize("affine,pdtype", AFFINE, ids=AFFINE_IDS)
+@pytest.mark.parametrize("mode", ["train_stats", "train", "eval"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
+def test_batch_norm(shape, dtype, pdtype, mode, affine, rng):
+    c = shape[1]
+    x = make_input(rng, shape, dtype)
+    x0 = x.copy()
+    w, b = affine_params(rng, c, pdtype, affine)
+    if mode == "train":
+        rm = rv = None
+    else:
+        rm = rng.standard_normal(c).astype(pdtype)
+        rv = rng.uniform(0.5, 3.0, c).astype(pdtype)
+    training = mode != "eval"
+    y_ref, rm_ref, rv_ref = ref.batch_norm(x, rm, rv, w, b, training=training, momentum=0.1,
+                                           eps=1e-5)
+    y = nc.batch_norm(x, rm, rv, w, b, training=training, momentum=0.1, eps=1e-5)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert y.flags.c_contiguous
+    assert_close(y, y_ref, dtype)
+    np.testing.assert_array_equal(x, x0)
+    if rm is not None:
+        assert_stats_close(rm, rm_ref, dtype, pdtype)
+        assert_stats_close(rv, rv_ref, dtype, pdtype)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 1.0, 0.37])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_momentum(momentum, dtype, rng):
+    x = make_input(rng, (4, 3, 9), dtype)
+    rm = rng.standard_normal(3)
+    rv = rng.uniform(0.5, 2, 3)
+    rm0, rv0 = rm.copy(), rv.copy()
+    y_ref, rm_ref, rv_ref = ref.batch_norm(x, rm, rv, training=True, momentum=momentum)
+    y = nc.batch_norm(x, rm, rv, training=True, momentum=momentum)
+    assert_close(y, y_ref, dtype)
+    if momentum == 0.0:  # the running statistics keep their exact values
+        np.testing.assert_array_equal(rm, rm0)
+        np.testing.assert_array_equal(rv, rv0)
+    np.testing.assert_allclose(rm, rm_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(rv, rv_ref, rtol=1e-6, atol=1e-7)
+
+
+def test_batch_norm_default_momentum_and_eps(rng):
+    x = make_input(rng, (6, 4, 5), np.float64)
+    rm, rv = np.zeros(4), np.ones(4)
+    y_ref, rm_ref, rv_ref = ref.batch_norm(x, rm, rv, training=True)
+    y = nc.batch_norm(x, rm, rv, training=True)
+    assert_close(y, y_ref, np.float64)
+    np.testing.assert_allclose(rm, rm_ref, rtol=1e-12)
+    np.testing.assert_allclose(rv, rv_ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-3, 0.5])
+def test_batch_norm_eps(eps, rng):
+    x = make_input(rng, (3, 5, 7), np.float64)
+    rm, rv = rng.standard_normal(5), rng.uniform(0.5, 2, 5)
+    for training in (True, False):
+        y_ref, _, _ = ref.batch_norm(x, rm.copy(), rv.copy(), training=training, eps=eps)
+        y = nc.batch_norm(x, rm.copy(), rv.copy(), training=training, eps=eps)
+        assert_close(y, y_ref, np.float64)
+
+
+def test_batch_norm_eval_single_value_per_channel(rng):
+    """Eval needs no batch statistics, so (1, C) is fine there."""
+    x = make_input(rng, (1, 5), np.float32)
+    rm, rv = rng.standard_normal(5), rng.uniform(0.5, 2, 5)
+    y = nc.batch_norm(x, rm, rv)
+    y_ref, _, _ = ref.batch_norm(x, rm, rv)
+    assert_close(y, y_ref, np.float32)
+
+
+def test_batch_norm_mixed_param_dtypes(rng):
+    """Parameters and running statistics each have their own dtype."""
+    x = make_input(rng, (3, 7, 11), np.float32)
+    w = random_params(rng, 7, np.float32, positive=True)
+    b = random_params(rng, 7, np.float64)
+    rm = random_params(rng, 7, np.float64)
+    rv = random_params(rng, 7, np.float32, positive=True)
+    y_ref, rm_ref, rv_ref = ref.batch_norm(x, rm, rv, w, b, training=True, momentum=0.2)
+    y = nc.batch_norm(x, rm, rv, w, b, training=True, momentum=0.2)
+    assert_close(y, y_ref, np.float32)
+    assert rm.dtype == np.float64 and rv.dtype == np.float32
+    np.testing.assert_allclose(rm, rm_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(rv, rv_ref, rtol=1e-6, atol=1e-7)
+
+
+def test_batch_norm_strided_params_and_stats(rng):
+    """Non-contiguous parameter vectors work; running stats update through the view."""
+    c = 5
+    x = make_input(rng, (4, c, 6), np.float64)
+    wbuf, bbuf = rng.uniform(0.5, 2, 2 * c), rng.standard_normal(3 * c)
+    rmbuf, rvbuf = rng.standard_normal(2 * c), rng.uniform(0.5, 2, 2 * c)
+    w, b, rm, rv = wbuf[::2], bbuf[::-3], rmbuf[1::2], rvbuf[::2]
+    rmbuf0, rvbuf0 = rmbuf.copy(), rvbuf.copy()
+    y_ref, rm_ref, rv_ref = ref.batch_norm(x, rm, rv, w, b, training=True)
+    y = nc.batch_norm(x, rm, rv, w, b, training=True)
+    assert_close(y, y_ref, np.float64)
+    np.testing.assert_allclose(rmbuf[1::2], rm_ref, rtol=1e-12)
+    np.testing.assert_allclose(rvbuf[::2], rv_ref, rtol=1e-12)
+    # the elements between the views are untouched
+    np.testing.assert_array_equal(rmbuf[::2], rmbuf0[::2])
+    np.testing.assert_array_equal(rvbuf[1::2], rvbuf0[1::2])
+
+
+def test_batch_norm_eval_readonly_stats_and_params(rng):
+    """Read-only running stats and parameters are fine when nothing is written to them."""
+    x = make_input(rng, (2, 3, 4), np.float32)
+    arrs = [rng.standard_normal(3), rng.uniform(0.5, 2, 3), rng.uniform(0.5, 2, 3),
+            rng.standard_normal(3)]
+    for a in arrs:
+        a.flags.writeable = False
+    x.flags.writeable = False
+    y = nc.batch_norm(x, *arrs, training=False)
+    y_ref, _, _ = ref.batch_norm(x, *arrs, training=False)
+    assert_close(y, y_ref, np.float32)
+    # training without running stats: read-only weight and bias are fine too
+    y = nc.batch_norm(x, None, None, arrs[2], arrs[3], training=True)
+    y_ref, _, _ = ref.batch_norm(x, None, None, arrs[2], arrs[3], training=True)
+    assert_close(y, y_ref, np.float32)
+
+
+def test_batch_norm_repeated_updates(rng):
+    """Several training steps compound the running statistics as PyTorch's do."""
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    rm_ref, rv_ref = rm.astype(np.float64), rv.astype(np.float64)
+    for _ in range(5):
+        x = make_input(rng, (8, 3, 4, 4), np.float32)
+        nc.batch_norm(x, rm, rv, training=True, momentum=0.1)
+        _, rm_ref, rv_ref = ref.batch_norm(x, rm_ref, rv_ref, training=True, momentum=0.1)
+    np.testing.assert_allclose(rm, rm_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv, rv_ref, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# instance_norm
+
+IN_SHAPES = [(2, 3, 5), (1, 1, 31), (3, 7, 33), (2, 17, 5, 5), (2, 3, 1, 257), (2, 3, 3, 4, 5)]
+
+
+@pytest.mark.parametrize("affine,pdtype", AFFINE, ids=AFFINE_IDS)
+@pytest.mark.parametrize("mode", ["input_stats", "input_stats_running", "running"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", IN_SHAPES, ids=str)
+def test_instance_norm(shape, dtype, pdtype, mode, affine, rng):
+    c = shape[1]
+    x = make_input(rng, shape, dtype)
+    x0 = x.copy()
+    w, b = affine_params(rng, c, pdtype, affine)
+    if mode == "input_stats":
+        rm = rv = None
+    else:
+        rm = rng.standard_normal(c).astype(pdtype)
+        rv = rng.uniform(0.5, 3.0, c).astype(pdtype)
+    use_input_stats = mode != "running"
+    rm0 = None if rm is None else rm.copy()
+    rv0 = None if rv is None else rv.copy()
+    y_ref, rm_ref, rv_ref = ref.instance_norm(x, rm, rv, w, b, use_input_stats=use_input_stats,
+                                              momentum=0.1, eps=1e-5)
+    y = nc.instance_norm(x, rm, rv, w, b, use_input_stats=use_input_stats, momentum=0.1,
+                         eps=1e-5)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert y.flags.c_contiguous
+    assert_close(y, y_ref, dtype)
+    np.testing.assert_array_equal(x, x0)
+    if mode == "input_stats_running":
+        assert_stats_close(rm, rm_ref, dtype, pdtype)
+        assert_stats_close(rv, rv_ref, dtype, pdtype)
+    elif mode == "running":  # running statistics only read
+        np.testing.assert_array_equal(rm, rm0)
+        np.testing.assert_array_equal(rv, rv0)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 1.0, 0.3])
+def test_instance_norm_momentum(momentum, rng):
+    x = make_input(rng, (5, 4, 3, 3), np.float64)
+    rm, rv = rng.standard_normal(4), rng.uniform(0.5, 2, 4)
+    y_ref, rm_ref, rv_ref = ref.instance_norm(x, rm, rv, momentum=momentum)
+    y = nc.instance_norm(x, rm, rv, momentum=momentum)
+    assert_close(y, y_ref, np.float64)
+    np.testing.assert_allclose(rm, rm_ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(rv, rv_ref, rtol=1e-12, atol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------
+# group_norm
+
+GN_CASES = [((4, 6), 2), ((2, 1, 31), 1), ((2, 3, 5), 3), ((2, 3, 5), 1), ((3, 6, 33), 2),
+            ((2, 8, 5, 5), 4), ((2, 17, 3, 3), 17), ((2, 6, 1, 257), 3), ((2, 4, 3, 4, 5), 2),
+            ((1, 7, 1), 7)]
+
+
+@pytest.mark.parametrize("affine,pdtype", AFFINE, ids=AFFINE_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,groups", GN_CASES, ids=str)
+def test_group_norm(shape, groups, dtype, pdtype, affine, rng):
+    x = make_input(rng, shape, dtype)
+    x0 = x.copy()
+    w, b = affine_params(rng, shape[1], pdtype, affine)
+    y = nc.group_norm(x, groups, w, b, eps=1e-5)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert y.flags.c_contiguous
+    assert_close(y, ref.group_norm(x, groups, w, b, eps=1e-5), dtype)
+    np.testing.assert_array_equal(x, x0)
+
+
+def test_group_norm_numpy_integer_groups(rng):
+    x = make_input(rng, (2, 6, 7), np.float32)
+    assert_close(nc.group_norm(x, np.int64(3)), ref.group_norm(x, 3), np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# layer_norm and rms_norm
+
+LN_CASES = [((5,), 5), ((4, 1), 1), ((3, 31), 31), ((3, 33), (33,)), ((2, 5, 257), 257),
+            ((2, 3, 17), (3, 17)), ((2, 3, 4, 5), [4, 5]), ((2, 2, 3, 4, 5), (3, 4, 5)),
+            ((3, 1027), 1027), ((2, 3, 4), (2, 3, 4))]
+
+
+def _ns_tuple(ns):
+    return (ns,) if isinstance(ns, int) else tuple(ns)
+
+
+@pytest.mark.parametrize("affine,pdtype", AFFINE, ids=AFFINE_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,ns", LN_CASES, ids=str)
+def test_layer_norm(shape, ns, dtype, pdtype, affine, rng):
+    x = make_input(rng, shape, dtype)
+    x0 = x.copy()
+    w, b = affine_params(rng, _ns_tuple(ns), pdtype, affine)
+    y = nc.layer_norm(x, ns, w, b, eps=1e-5)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert y.flags.c_contiguous
+    assert_close(y, ref.layer_norm(x, ns, w, b, eps=1e-5), dtype)
+    np.testing.assert_array_equal(x, x0)
+
+
+@pytest.mark.parametrize("eps", [None, 0.1])
+@pytest.mark.parametrize("weighted,pdtype", [(False, None), (True, np.float32),
+                                             (True, np.float64)], ids=["none", "f32", "f64"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,ns", LN_CASES, ids=str)
+def test_rms_norm(shape, ns, dtype, pdtype, weighted, eps, rng):
+    x = make_input(rng, shape, dtype)
+    x0 = x.copy()
+    w = rng.uniform(0.5, 1.5, _ns_tuple(ns)).astype(pdtype) if weighted else None
+    y = nc.rms_norm(x, ns, w, eps=eps)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert y.flags.c_contiguous
+    assert_close(y, ref.rms_norm(x, ns, w, eps=eps), dtype)
+    np.testing.assert_array_equal(x, x0)
+
+
+def test_rms_norm_default_eps_is_dtype_eps():
+    """eps=None means np.finfo(input.dtype).eps: visible on a tiny row."""
+    for dtype in DTYPES:
+        x = np.full((1, 4), 1e-4, dtype=dtype)
+        eps = float(np.finfo(dtype).eps)
+        expected = float(x[0, 0]) / np.sqrt(float(x[0, 0]) ** 2 + eps)
+        y = nc.rms_norm(x, 4)
+        assert_close(y, np.full((1, 4), expected), dtype)
+        assert_close(nc.rms_norm(x, 4, eps=eps), np.full((1, 4), expected), dtype)
+
+
+def test_layer_norm_default_eps(rng):
+    x = make_input(rng, (3, 8), np.float64) * 1e-3
+    assert_close(nc.layer_norm(x, 8), ref.layer_norm(x, 8, eps=1e-5), np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# out=
+
+
+def _call(op, x, out=None, rng=None):
+    """Run ``op`` on ``x`` with parameters drawn from ``rng``; returns (y, float64 reference)."""
+    r = np.random.default_rng(7)
+    c = x.shape[1]
+    if op == "batch_norm":
+        rm, rv = r.standard_normal(c), r.uniform(0.5, 2, c)
+        w, b = r.uniform(0.5, 2, c), r.standard_normal(c)
+        y_ref, _, _ = ref.batch_norm(x, rm, rv, w, b, training=False)
+        return nc.batch_norm(x, rm, rv, w, b, out=out), y_ref
+    if op == "batch_norm_train":
+        w, b = r.uniform(0.5, 2, c), r.standard_normal(c)
+        y_ref, _, _ = ref.batch_norm(x, None, None, w, b, training=True)
+        return nc.batch_norm(x, None, None, w, b, training=True, out=out), y_ref
+    if op == "instance_norm":
+        w, b = r.uniform(0.5, 2, c), r.standard_normal(c)
+        y_ref, _, _ = ref.instance_norm(x, None, None, w, b)
+        return nc.instance_norm(x, None, None, w, b, out=out), y_ref
+    if op == "group_norm":
+        w, b = r.uniform(0.5, 2, c), r.standard_normal(c)
+        y_ref = ref.group_norm(x, 2, w, b)
+        return nc.group_norm(x, 2, w, b, out=out), y_ref
+    ns = x.shape[-2:]
+    w = r.uniform(0.5, 2, ns)
+    if op == "layer_norm":
+        b = r.standard_normal(ns)
+        y_ref = ref.layer_norm(x, ns, w, b)
+        return nc.layer_norm(x, ns, w, b, out=out), y_ref
+    assert op == "rms_norm"
+    y_ref = ref.rms_norm(x, ns, w)
+    return nc.rms_norm(x, ns, w, out=out), y_ref
+
+
+OPS = ["batch_norm", "batch_norm_train", "instance_norm", "group_norm", "layer_norm", "rms_norm"]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+def test_out(op, dtype, layout, rng):
+    x = to_layout(make_input(rng, (3, 4, 5, 33), dtype), layout)
+    x0 = x.copy()
+    out = np.full_like(x, np.nan)  # empty_like keeps the layout of x
+    y, y_ref = _call(op, x, out=out)
+    assert y is out
+    assert_close(out, y_ref, dtype)
+    np.testing.assert_array_equal(x, x0)
+
+
+@pytest.mark.parametrize("out_layout", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("op", OPS)
+def test_out_other_layout(op, out_layout, rng):
+    """``out`` need not have the input's layout."""
+    x = make_input(rng, (2, 4, 3, 17), np.float32)
+    out = to_layout(np.full(x.shape, np.nan, np.float32), out_layout)
+    y, y_ref = _call(op, x, out=out)
+    assert y is out
+    assert_close(out, y_ref, np.float32)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+def test_out_in_place(op, dtype, layout, rng):
+    x = to_layout(make_input(rng, (3, 4, 5, 33), dtype), layout)
+    _, y_ref = _call(op, x.copy())
+    y, _ = _call(op, x, out=x)
+    assert y is x
+    assert_close(x, y_ref, dtype)
+
+
+def test_out_in_place_updates_running_stats(rng):
+    x = make_input(rng, (4, 3, 10), np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    y_ref, rm_ref, rv_ref = ref.batch_norm(x, rm, rv, training=True)
+    y = nc.batch_norm(x, rm, rv, training=True, out=x)
+    assert y is x
+    assert_close(x, y_ref, np.float32)
+    np.testing.assert_allclose(rm, rm_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv, rv_ref, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# constant input: exactly zero before the affine, so the output is exactly the bias
+
+
+def _const_input(shape, dtype, values):
+    """(N, C, ...) input whose channel c is the constant values[c]."""
+    v = np.asarray(values, dtype=np.float64).reshape((1, shape[1]) + (1,) * (len(shape) - 2))
+    return np.broadcast_to(v, shape).astype(dtype)
+
+
+CONST_VALUES = [0.1, 3.7, -1234.567, 1e4 + 0.1, 0.0, 7.0, -0.3]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 7, 1000), (2, 7, 5, 33), (1, 7, 2, 3, 17)], ids=str)
+def test_constant_input_gives_bias(shape, dtype, layout, rng):
+    c = shape[1]
+    x = to_layout(_const_input(shape, dtype, CONST_VALUES), layout)
+    w = rng.uniform(0.5, 2, c)
+    b = rng.standard_normal(c)
+    expected = np.broadcast_to(b.reshape((1, c) + (1,) * (len(shape) - 2)), shape).astype(dtype)
+    rm, rv = np.zeros(c), np.ones(c)
+    np.testing.assert_array_equal(nc.batch_norm(x, rm, rv, w, b, training=True), expected)
+    np.testing.assert_array_equal(nc.instance_norm(x, None, None, w, b), expected)
+    np.testing.assert_array_equal(nc.group_norm(x, 7, w, b), expected)
+    # the batch statistics were exactly the constants, with zero variance
+    np.testing.assert_allclose(rm, 0.1 * np.asarray(CONST_VALUES, dtype).astype(np.float64),
+                               rtol=1e-12)
+    np.testing.assert_allclose(rv, 0.9, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 5, 31, 33, 257, 4099])
+def test_constant_rows_layer_norm_gives_bias(n, dtype, rng):
+    x = np.repeat(np.asarray(CONST_VALUES, dtype)[:, None], n, axis=1)
+    w = rng.uniform(0.5, 2, n)
+    b = rng.standard_normal(n)
+    y = nc.layer_norm(x, n, w, b)
+    np.testing.assert_array_equal(y, np.broadcast_to(b.astype(dtype), x.shape))
+    # rms_norm of a zero row is exactly zero
+    z = np.zeros((3, n), dtype)
+    np.testing.assert_array_equal(nc.rms_norm(z, n, w), z)
+
+
+def test_constant_input_without_affine_is_zero():
+    x = np.full((2, 3, 1001), 0.1, np.float32)
+    for y in (nc.batch_norm(x, training=True), nc.instance_norm(x), nc.group_norm(x, 3),
+              nc.layer_norm(x, 1001)):
+        np.testing.assert_array_equal(y, np.zeros_like(x))
+
+
+# --------------------------------------------------------------------------------------------
+# stable statistics
+
+
+def test_stable_statistics_1e7_float32():
+    """10^7 float32 values 1e4 + N(0, 1) in one channel: variance within 1e-4 relative."""
+    rng = np.random.default_rng(2024)
+    x = (1e4 + rng.standard_normal(10**7)).astype(np.float32).reshape(1, 1, -1)
+    x64 = x.astype(np.float64).ravel()
+    mean64 = x64.mean()
+    var64 = x64.var(ddof=1)
+    rm, rv = np.zeros(1), np.ones(1)
+    y = nc.batch_norm(x, rm, rv, training=True, momentum=1.0)
+    assert abs(rv[0] - var64) <= 1e-4 * var64
+    assert abs(rm[0] - mean64) <= 1e-6 * abs(mean64)
+    y64 = y.astype(np.float64).ravel()
+    expected_std = np.sqrt(x64.var() / (x64.var() + 1e-5))
+    assert abs(y64.std() - expected_std) <= 1e-4 * expected_std
+    assert abs(y64.mean()) < 1e-2
+
+
+@pytest.mark.parametrize("op", ["instance_norm", "group_norm", "layer_norm", "batch_norm"])
+def test_stable_statistics_large_offset(op):
+    """Statistics of 1e4 + N(0, 1) in float32 slots of 2^16 elements stay accurate."""
+    rng = np.random.default_rng(99)
+    x = (1e4 + rng.standard_normal((2, 3, 2**16))).astype(np.float32)
+    if op == "instance_norm":
+        y = nc.instance_norm(x)
+        axes = (2,)
+    elif op == "group_norm":
+        y = nc.group_norm(x, 1)
+        axes = (1, 2)
+    elif op == "layer_norm":
+        y = nc.layer_norm(x, 2**16)
+        axes = (2,)
+    else:
+        y = nc.batch_norm(x, training=True)
+        axes = (0, 2)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    var = x64.var(axis=axes)
+    np.testing.assert_allclose(y64.std(axis=axes), np.sqrt(var / (var + 1e-5)), rtol=1e-4)
+    np.testing.assert_allclose(y64.mean(axis=axes), 0, atol=1e-2)
+
+
+def test_stable_rms_norm_large_values():
+    rng = np.random.default_rng(5)
+    x = (1e4 + rng.standard_normal((3, 2**16))).astype(np.float32)
+    assert_close(nc.rms_norm(x, 2**16), ref.rms_norm(x, 2**16), np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# property tests
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # the property tests need the test extra; the rest of the file does not
+    def given(**_kwargs):
+        return lambda f: pytest.mark.skip(reason="hypothesis is not installed")(f)
+
+    def settings(**_kwargs):
+        return lambda f: f
+
+    class st:
+        integers = floats = sampled_from = staticmethod(lambda *a, **k: None)
+
+PROP = settings(max_examples=25, deadline=None)
+
+
+@PROP
+@given(n=st.integers(1, 4), c=st.integers(1, 9), s=st.integers(2, 70),
+       seed=st.integers(0, 2**32 - 1), scale=st.floats(0.01, 100.0),
+       shift=st.floats(-1000.0, 1000.0))
+def test_shift_scale_invariance(n, c, s, seed, scale, shift):
+    """norm(scale * x + shift) == norm(x) for batch/instance/group/layer norm (eps = 0)."""
+    x = np.random.default_rng(seed).standard_normal((n, c, s))
+    z = scale * x + shift
+    for f in (lambda a: nc.instance_norm(a, eps=0.0),
+              lambda a: nc.group_norm(a, 1, eps=0.0),
+              lambda a: nc.layer_norm(a, s, eps=0.0),
+              lambda a: nc.batch_norm(a, training=True, eps=0.0)):
+        np.testing.assert_allclose(f(z), f(x), rtol=1e-7, atol=1e-7)
+    # rms_norm is scale invariant only
+    np.testing.assert_allclose(nc.rms_norm(scale * x, s, eps=0.0), nc.rms_norm(x, s, eps=0.0),
+                               rtol=1e-9, atol=1e-9)
+
+
+@PROP
+@given(n=st.integers(1, 3), c=st.integers(1, 9), h=st.integers(1, 6), w=st.integers(2, 19),
+       seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from([np.float32, np.float64]))
+def test_group_norm_special_cases(n, c, h, w, seed, dtype):
+    """One group is layer_norm over (C, H, W); C groups is instance_norm."""
+    x = make_input(np.random.default_rng(seed), (n, c, h, w), dtype)
+    rtol, atol = ref.tolerance(dtype)
+    np.testing.assert_allclose(nc.group_norm(x, 1), nc.layer_norm(x, (c, h, w)),
+                               rtol=2 * rtol, atol=2 * atol)
+    np.testing.assert_allclose(nc.group_norm(x, c), nc.instance_norm(x),
+                               rtol=2 * rtol, atol=2 * atol)
+
+
+@PROP
+@given(n=st.integers(2, 5), c=st.integers(1, 9), s=st.integers(1, 40),
+       seed=st.integers(0, 2**32 - 1))
+def test_batch_norm_is_layer_norm_of_transposed(n, c, s, seed):
+    """batch_norm training on (N, C, S) == per-channel normalization over (N, S)."""
+    x = np.random.default_rng(seed).standard_normal((n, c, s))
+    y = nc.batch_norm(x, training=True)
+    t = np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(c, n * s)
+    y2 = nc.layer_norm(t, n * s).reshape(c, n, s).transpose(1, 0, 2)
+    np.testing.assert_allclose(y, y2, rtol=1e-10, atol=1e-12)
+
+
+def test_channels_last_output_layout_kept(rng):
+    x = to_layout(make_input(rng, (2, 3, 4, 5), np.float32), "channels_last")
+    assert is_channels_last(nc.batch_norm(x, training=True))
