@@ -484,10 +484,230 @@ void apply_row(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A s
   apply_row_impl<T, false, false>(x, y, n, m, s, Wt, Bs);
 }
 
+// ---------------------------------------------------------------------------- backward
+
+template <class T, bool HasW>
+void run_dot_impl(const T* x, const T* dy, i64 n, typename VT<T>::A m,
+                  const typename VT<T>::A* Wt, double* out) {
+  using Tr = VT<T>;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr i64 W = Tr::W;
+  const V mv = splat<V>(m);
+  double s = 0.0, d = 0.0;
+  for (i64 b = 0; b < n; b += kBlock) {
+    const i64 len = imin(kBlock, n - b);
+    V s0{}, s1{}, d0{}, d1{};
+    i64 i = b;
+    for (; i + 2 * W <= b + len; i += 2 * W) {
+      V g0 = Tr::load(dy + i), g1 = Tr::load(dy + i + W);
+      if constexpr (HasW) {
+        g0 *= VT<A>::load(Wt + i);
+        g1 *= VT<A>::load(Wt + i + W);
+      }
+      s0 += g0;
+      s1 += g1;
+      d0 += g0 * (Tr::load(x + i) - mv);
+      d1 += g1 * (Tr::load(x + i + W) - mv);
+    }
+    for (; i + W <= b + len; i += W) {
+      V g0 = Tr::load(dy + i);
+      if constexpr (HasW) g0 *= VT<A>::load(Wt + i);
+      s0 += g0;
+      d0 += g0 * (Tr::load(x + i) - mv);
+    }
+    double bs = hsum(s0 + s1), bd = hsum(d0 + d1);
+    for (; i < b + len; ++i) {
+      A g = Tr::to_a(dy[i]);
+      if constexpr (HasW) g *= Wt[i];
+      bs += static_cast<double>(g);
+      bd += static_cast<double>(g * (Tr::to_a(x[i]) - m));
+    }
+    s += bs;
+    d += bd;
+  }
+  out[0] = s;
+  out[1] = d;
+}
+
+template <class T>
+void run_dot(const T* x, const T* dy, i64 n, typename VT<T>::A m, const typename VT<T>::A* Wt,
+             double* out) {
+  if (Wt)
+    run_dot_impl<T, true>(x, dy, n, m, Wt, out);
+  else
+    run_dot_impl<T, false>(x, dy, n, m, Wt, out);
+}
+
+// S[j] += sum dy, D[j] += sum dy * (x - K[j]) over a (nrows x wd) matrix with row stride ld
+// plus a partial last row of `tail` elements (see strip_pass).
+template <class T>
+void strip_dot(const T* x, const T* dy, i64 nrows, i64 ld, i64 wd, i64 tail,
+               const typename VT<T>::A* K, typename VT<T>::A* S, typename VT<T>::A* D) {
+  using Tr = VT<T>;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr i64 W = Tr::W;
+  i64 j = 0;
+  for (; j + W <= wd; j += W) {
+    const V k0 = VT<A>::load(K + j);
+    V s0 = VT<A>::load(S + j), d0 = VT<A>::load(D + j);
+    for (i64 r = 0; r < nrows; ++r) {
+      const V g = Tr::load(dy + r * ld + j);
+      s0 += g;
+      d0 += g * (Tr::load(x + r * ld + j) - k0);
+    }
+    VT<A>::store(S + j, s0);
+    VT<A>::store(D + j, d0);
+  }
+  for (; j < wd; ++j) {
+    A s = A(0), d = A(0);
+    for (i64 r = 0; r < nrows; ++r) {
+      const A g = Tr::to_a(dy[r * ld + j]);
+      s += g;
+      d += g * (Tr::to_a(x[r * ld + j]) - K[j]);
+    }
+    S[j] += s;
+    D[j] += d;
+  }
+  const i64 last = nrows * ld;
+  for (i64 t = 0; t < tail; ++t) {
+    const A g = Tr::to_a(dy[last + t]);
+    S[t] += g;
+    D[t] += g * (Tr::to_a(x[last + t]) - K[t]);
+  }
+}
+
+template <class T>
+void cl_dot(const T* x, const T* dy, i64 rows, i64 C, const typename VT<T>::A* M,
+            typename VT<T>::A* scratch, double* sdy, double* sdx) {
+  using A = typename VT<T>::A;
+  const i64 P = cl_period<T>(C);
+  const i64 L = P ? P : C;
+  A* K = scratch;
+  A* S = scratch + L;
+  A* D = scratch + 2 * L;
+  std::memcpy(K, M, static_cast<std::size_t>(C) * sizeof(A));
+  if (P) expand_period(K, C, K, P);
+  const i64 R = imax(1, kClBlock / C);
+  for (i64 r0 = 0; r0 < rows; r0 += R) {
+    const i64 nr = imin(R, rows - r0);
+    const i64 n = nr * C;
+    const i64 nrows = P ? n / P : nr, tail = P ? n - (n / P) * P : 0;
+    for (i64 p = 0; p < L; ++p) S[p] = D[p] = A(0);
+    strip_dot(x + r0 * C, dy + r0 * C, nrows, L, L, tail, K, S, D);
+    for (i64 c = 0; c < C; ++c) {
+      double s = 0.0, d = 0.0;
+      for (i64 p = c; p < L; p += C) {
+        s += static_cast<double>(S[p]);
+        d += static_cast<double>(D[p]);
+      }
+      sdy[c] += s;
+      sdx[c] += d;
+    }
+  }
+}
+
+template <class T>
+void col_accum(const T* x, const T* dy, i64 n, typename VT<T>::A m, typename VT<T>::A s,
+               typename VT<T>::A* G, typename VT<T>::A* B) {
+  using Tr = VT<T>;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr i64 W = Tr::W;
+  const V mv = splat<V>(m), sv = splat<V>(s);
+  i64 j = 0;
+  for (; j + W <= n; j += W) {
+    const V g = Tr::load(dy + j);
+    VT<A>::store(G + j, VT<A>::load(G + j) + g * ((Tr::load(x + j) - mv) * sv));
+    if (B) VT<A>::store(B + j, VT<A>::load(B + j) + g);
+  }
+  for (; j < n; ++j) {
+    const A g = Tr::to_a(dy[j]);
+    G[j] += g * ((Tr::to_a(x[j]) - m) * s);
+    if (B) B[j] += g;
+  }
+}
+
+template <class T, bool HasW>
+void bwd_row_impl(const T* x, const T* dy, T* dx, i64 n, typename VT<T>::A m,
+                  typename VT<T>::A a, const typename VT<T>::A* Wt, typename VT<T>::A b,
+                  typename VT<T>::A c) {
+  using Tr = VT<T>;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr i64 W = Tr::W;
+  const V mv = splat<V>(m), av = splat<V>(a), bv = splat<V>(b), cv = splat<V>(c);
+  i64 i = 0;
+  for (; i + W <= n; i += W) {
+    V g = Tr::load(dy + i) * av;
+    if constexpr (HasW) g *= VT<A>::load(Wt + i);
+    Tr::store(dx + i, g + (Tr::load(x + i) - mv) * bv + cv);
+  }
+  for (; i < n; ++i) {
+    A g = Tr::to_a(dy[i]) * a;
+    if constexpr (HasW) g *= Wt[i];
+    dx[i] = Tr::from_a(g + (Tr::to_a(x[i]) - m) * b + c);
+  }
+}
+
+template <class T>
+void bwd_row(const T* x, const T* dy, T* dx, i64 n, typename VT<T>::A m, typename VT<T>::A a,
+             const typename VT<T>::A* Wt, typename VT<T>::A b, typename VT<T>::A c) {
+  if (Wt)
+    bwd_row_impl<T, true>(x, dy, dx, n, m, a, Wt, b, c);
+  else
+    bwd_row_impl<T, false>(x, dy, dx, n, m, a, Wt, b, c);
+}
+
+template <class T>
+void bwd_cl(const T* x, const T* dy, T* dx, i64 rows, i64 C, const typename VT<T>::A* M,
+            const typename VT<T>::A* Av, const typename VT<T>::A* Bv,
+            const typename VT<T>::A* Cv, typename VT<T>::A* scratch) {
+  using Tr = VT<T>;
+  using A = typename Tr::A;
+  constexpr i64 W = Tr::W;
+  const i64 P = cl_period<T>(C);
+  const i64 L = P ? P : C;
+  A* Mp = scratch;
+  A* Ap = scratch + L;
+  A* Bp = scratch + 2 * L;
+  A* Cp = scratch + 3 * L;
+  if (P) {
+    expand_period(M, C, Mp, P);
+    expand_period(Av, C, Ap, P);
+    expand_period(Bv, C, Bp, P);
+    expand_period(Cv, C, Cp, P);
+  } else {
+    Mp = const_cast<A*>(M);
+    Ap = const_cast<A*>(Av);
+    Bp = const_cast<A*>(Bv);
+    Cp = const_cast<A*>(Cv);
+  }
+  const i64 n = rows * C;
+  const i64 step = P ? P : C;
+  // Walk whole periods (or rows), vector by vector, then the scalar rest of each.
+  i64 i = 0;
+  for (; i + step <= n; i += step) {
+    i64 o = 0;
+    for (; o + W <= step; o += W)
+      Tr::store(dx + i + o, Tr::load(dy + i + o) * VT<A>::load(Ap + o) +
+                                (Tr::load(x + i + o) - VT<A>::load(Mp + o)) *
+                                    VT<A>::load(Bp + o) +
+                                VT<A>::load(Cp + o));
+    for (; o < step; ++o)
+      dx[i + o] = Tr::from_a(Tr::to_a(dy[i + o]) * Ap[o] + (Tr::to_a(x[i + o]) - Mp[o]) * Bp[o] +
+                             Cp[o]);
+  }
+  for (i64 o = 0; i < n; ++i, ++o)
+    dx[i] = Tr::from_a(Tr::to_a(dy[i]) * Ap[o] + (Tr::to_a(x[i]) - Mp[o]) * Bp[o] + Cp[o]);
+}
+
 template <class T>
 constexpr TypedKernels<T, typename VT<T>::A> typed() {
-  return {&run_moments<T>, &run_sumsq<T>,  &cl_scratch_elems<T>, &cl_moments<T>,
-          &apply_scalar<T>, &apply_cl<T>, &apply_row<T>};
+  return {&run_moments<T>, &run_sumsq<T>, &cl_scratch_elems<T>, &cl_moments<T>,
+          &apply_scalar<T>, &apply_cl<T>,  &apply_row<T>,        &run_dot<T>,
+          &cl_dot<T>,       &col_accum<T>, &bwd_row<T>,          &bwd_cl<T>};
 }
 
 #define NORMCPP_STR2(x) #x

@@ -36,6 +36,22 @@ struct TypedKernels {
                    const A* B, A* scratch);
   // One row: y[j] = (x[j] - m) * s * W[j] + B[j]; W and/or B may be null (1 and 0).
   void (*apply_row)(const T* x, T* y, std::int64_t n, A m, A s, const A* W, const A* B);
+
+  // ---- backward
+  // out[0] = sum dy * W, out[1] = sum dy * W * (x - m) over n elements (W null: 1); block
+  // partials in A, totals in double.
+  void (*run_dot)(const T* x, const T* dy, std::int64_t n, A m, const A* W, double* out);
+  // Channels-last rows x C: sdy[c] += sum dy, sdx[c] += sum dy * (x - M[c]).
+  void (*cl_dot)(const T* x, const T* dy, std::int64_t rows, std::int64_t C, const A* M,
+                 A* scratch, double* sdy, double* sdx);
+  // Column sums of one row: G[j] += dy[j] * (x[j] - m) * s, B[j] += dy[j] (B may be null).
+  void (*col_accum)(const T* x, const T* dy, std::int64_t n, A m, A s, A* G, A* B);
+  // dx[i] = a * W[i] * dy[i] + b * (x[i] - m) + c (W null: 1).
+  void (*bwd_row)(const T* x, const T* dy, T* dx, std::int64_t n, A m, A a, const A* W, A b,
+                  A c);
+  // Channels-last rows x C: dx = Av[c] * dy + Bv[c] * (x - M[c]) + Cv[c].
+  void (*bwd_cl)(const T* x, const T* dy, T* dx, std::int64_t rows, std::int64_t C,
+                 const A* M, const A* Av, const A* Bv, const A* Cv, A* scratch);
 };
 
 struct KernelTable {

@@ -1,0 +1,109 @@
+// Shared by the planners: kernel lookup per storage type, argument checks, parameters.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.hpp"
+#include "normcpp/normcpp.hpp"
+
+namespace normcpp {
+namespace ops {
+
+using i64 = std::int64_t;
+
+template <class T>
+struct Kern;
+template <>
+struct Kern<half_t> {
+  using A = float;
+  static const kernels::TypedKernels<half_t, float>& get() { return kernels::active().f16; }
+};
+template <>
+struct Kern<float> {
+  using A = float;
+  static const kernels::TypedKernels<float, float>& get() { return kernels::active().f32; }
+};
+template <>
+struct Kern<double> {
+  using A = double;
+  static const kernels::TypedKernels<double, double>& get() { return kernels::active().f64; }
+};
+
+[[noreturn]] inline void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+template <class V>
+std::string str(const V& v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+inline void check_eps(double eps) {
+  if (!(eps >= 0.0) || std::isinf(eps)) fail("eps must be a finite number >= 0, got " + str(eps));
+}
+
+inline void check_momentum(double m) {
+  if (!(m >= 0.0 && m <= 1.0)) fail("momentum must be in [0, 1], got " + str(m));
+}
+
+inline void check_param(const ParamRef& p, const char* name, i64 n, const char* per) {
+  if (!p.present()) return;
+  if (p.dtype == DType::f16) fail(std::string(name) + " must be float32 or float64");
+  if (p.size != n)
+    fail(std::string(name) + " must have " + str(n) + " elements (one per " + per + "), got " +
+         str(p.size));
+}
+
+inline void check_ncs(const NCSRef& t) {
+  if (t.N < 0 || t.C < 1 || t.S < 0) fail("input must have N >= 0, C >= 1 and S >= 0");
+  if (!t.x || !t.y) {
+    if (t.N * t.C * t.S != 0) fail("input and output pointers must not be null");
+  }
+}
+
+inline void check_running(const RunningUpdate& r, i64 C) {
+  if (r.mean.present() != r.var.present())
+    fail(r.mean.present() ? "running_var is required when running_mean is given"
+                          : "running_mean is required when running_var is given");
+  check_param(r.mean.as_const(), "running_mean", C, "channel");
+  check_param(r.var.as_const(), "running_var", C, "channel");
+}
+
+// An optional parameter as a vector of n values (dflt where absent).
+template <class A>
+std::vector<A> param_vector(const ParamRef& p, i64 n, double dflt) {
+  std::vector<A> v(static_cast<std::size_t>(n));
+  for (i64 i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = static_cast<A>(p.present() ? p.get(i) : dflt);
+  return v;
+}
+
+inline std::vector<double> param_vector_d(const ParamRef& p, i64 n, double dflt) {
+  return param_vector<double>(p, n, dflt);
+}
+
+inline double inv_std(double var, double eps) { return 1.0 / std::sqrt(var + eps); }
+
+template <class F>
+inline void by_dtype(DType dt, F&& f) {
+  switch (dt) {
+    case DType::f16:
+      f(half_t{});
+      return;
+    case DType::f32:
+      f(float{});
+      return;
+    case DType::f64:
+      f(double{});
+      return;
+  }
+  fail("unsupported dtype");
+}
+
+
+}  // namespace ops
+}  // namespace normcpp

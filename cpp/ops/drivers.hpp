@@ -1,0 +1,189 @@
+// The two work drivers every planner uses (see norms.cpp for the picture). Both cut work
+// into items whose boundaries depend only on the shape, so results never depend on threads.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "normcpp/moments.hpp"
+#include "ops/parallel.hpp"
+
+namespace normcpp {
+namespace ops {
+
+using i64 = std::int64_t;
+
+// A slot this small is reduced and normalized in one visit (fits L2 with its output).
+constexpr i64 kFuseElems = 65536;
+// Larger slots' statistics are computed in chunks of about this many elements.
+constexpr i64 kChunkElems = 32768;
+
+// ---------------------------------------------------------------------------- run driver
+struct RunGeom {
+  i64 slots;        // statistic slots
+  i64 K;            // runs per slot
+  i64 L;            // elements per run (contiguous)
+  i64 run_stride;   // elements from run k to run k + 1 of a slot
+  i64 slot_stride;  // elements from slot s to slot s + 1
+};
+
+inline i64 chunks_for(i64 elems) {
+  return elems <= kFuseElems ? 1 : (elems + kChunkElems - 1) / kChunkElems;
+}
+
+// Start of chunk j of P over [0, E) (exact, no overflow).
+inline i64 chunk_start(i64 E, i64 P, i64 j) {
+  const i64 q = E / P, r = E % P;
+  return q * j + (j < r ? j : r);
+}
+
+// f(offset, len) for each contiguous piece of elements [e0, e1) of slot s.
+template <class F>
+inline void for_pieces(const RunGeom& g, i64 s, i64 e0, i64 e1, F&& f) {
+  while (e0 < e1) {
+    const i64 k = e0 / g.L, off = e0 % g.L;
+    const i64 len = (g.L - off < e1 - e0) ? g.L - off : e1 - e0;
+    f(s * g.slot_stride + k * g.run_stride + off, len);
+    e0 += len;
+  }
+}
+
+// How partial results of one slot combine: Chan's merge for moments, a plain sum for the
+// backward pass's (count, sum dy, sum dy * (x - mean)) triples.
+struct ChanMerge {
+  Moments operator()(const Moments& a, const Moments& b) const { return merge_moments(a, b); }
+};
+struct SumMerge {
+  Moments operator()(const Moments& a, const Moments& b) const {
+    return {a.n + b.n, a.mean + b.mean, a.m2 + b.m2};
+  }
+};
+
+template <class Merge, class Reduce>
+Moments reduce_range(const RunGeom& g, i64 s, i64 e0, i64 e1, Reduce& reduce) {
+  Moments m;
+  for_pieces(g, s, e0, e1, [&](i64 off, i64 len) { m = Merge{}(m, reduce(off, len)); });
+  return m;
+}
+
+// Stats: reduce(offset, len) over each slot's pieces, merged with Merge, then
+// finish(s, result) before apply(s, e0, e1); otherwise apply only.
+template <bool Stats, class Merge = ChanMerge, class Reduce, class Finish, class Apply>
+void run_driver(const RunGeom& g, Reduce reduce, Finish finish, Apply apply) {
+  const i64 E = g.K * g.L;
+  const i64 total = g.slots * E;
+  if (total == 0) return;
+  const i64 P = chunks_for(E);
+  if (P == 1) {
+    parallel_for(g.slots, threads_for(total, g.slots), [&](i64 s, int) {
+      if constexpr (Stats) finish(s, reduce_range<Merge>(g, s, 0, E, reduce));
+      apply(s, i64{0}, E);
+    });
+    return;
+  }
+  const i64 items = g.slots * P;
+  const int nt = threads_for(total, items);
+  if constexpr (Stats) {
+    std::vector<Moments> part(static_cast<std::size_t>(items));
+    parallel_for(items, nt, [&](i64 i, int) {
+      const i64 s = i / P, j = i % P;
+      part[static_cast<std::size_t>(i)] =
+          reduce_range<Merge>(g, s, chunk_start(E, P, j), chunk_start(E, P, j + 1), reduce);
+    });
+    for (i64 s = 0; s < g.slots; ++s) {
+      Moments m;
+      for (i64 j = 0; j < P; ++j) m = Merge{}(m, part[static_cast<std::size_t>(s * P + j)]);
+      finish(s, m);
+    }
+  }
+  parallel_for(items, nt, [&](i64 i, int) {
+    const i64 s = i / P, j = i % P;
+    apply(s, chunk_start(E, P, j), chunk_start(E, P, j + 1));
+  });
+}
+
+// ----------------------------------------------------------------------------- cl driver
+struct CLGeom {
+  i64 samples;  // independent (rows x C) matrices, one after another
+  i64 rows;
+  i64 C;
+};
+
+// Channels-last samples. Per sample, per-channel accumulators acc[0..2C) (and a count) start
+// at zero; reduce(s, r0, r1, scratch, acc, &n) adds rows [r0, r1) of sample s;
+// merge(acc, &n, part, pn) folds a later chunk's accumulators in; then finish(s, acc, n)
+// and apply(s, r0, r1, scratch). Without Stats: apply only. `A` is the scratch element type.
+template <bool Stats, class A, class Reduce, class Merge, class Finish, class Apply>
+void cl_driver(const CLGeom& g, i64 scratch_elems, Reduce reduce, Merge merge, Finish finish,
+               Apply apply) {
+  const i64 E = g.rows * g.C;
+  const i64 total = g.samples * E;
+  if (total == 0) return;
+  i64 P = chunks_for(E);
+  if (P > g.rows) P = g.rows;
+  const i64 items = g.samples * P;
+  const int nt = threads_for(total, items);
+  std::vector<A> scratch(static_cast<std::size_t>(scratch_elems * nt));
+  auto scr = [&](int tid) { return scratch.data() + scratch_elems * tid; };
+  const auto acc_n = static_cast<std::size_t>(2 * g.C);
+  if (P == 1) {
+    std::vector<double> acc(Stats ? acc_n * static_cast<std::size_t>(nt) : 0);
+    parallel_for(g.samples, nt, [&](i64 s, int tid) {
+      if constexpr (Stats) {
+        double* a = acc.data() + acc_n * static_cast<std::size_t>(tid);
+        for (std::size_t i = 0; i < acc_n; ++i) a[i] = 0.0;
+        double n = 0.0;
+        reduce(s, i64{0}, g.rows, scr(tid), a, &n);
+        finish(s, static_cast<const double*>(a), n);
+      }
+      apply(s, i64{0}, g.rows, scr(tid));
+    });
+    return;
+  }
+  if constexpr (Stats) {
+    std::vector<double> part(acc_n * static_cast<std::size_t>(items), 0.0);
+    std::vector<double> pn(static_cast<std::size_t>(items), 0.0);
+    parallel_for(items, nt, [&](i64 i, int tid) {
+      const i64 s = i / P, j = i % P;
+      reduce(s, chunk_start(g.rows, P, j), chunk_start(g.rows, P, j + 1), scr(tid),
+             part.data() + acc_n * static_cast<std::size_t>(i), &pn[static_cast<std::size_t>(i)]);
+    });
+    std::vector<double> acc(acc_n);
+    for (i64 s = 0; s < g.samples; ++s) {
+      for (auto& v : acc) v = 0.0;
+      double n = 0.0;
+      for (i64 j = 0; j < P; ++j) {
+        const auto i = static_cast<std::size_t>(s * P + j);
+        merge(acc.data(), &n, static_cast<const double*>(part.data() + acc_n * i), pn[i]);
+      }
+      finish(s, static_cast<const double*>(acc.data()), n);
+    }
+  }
+  parallel_for(items, nt, [&](i64 i, int tid) {
+    const i64 s = i / P, j = i % P;
+    apply(s, chunk_start(g.rows, P, j), chunk_start(g.rows, P, j + 1), scr(tid));
+  });
+}
+
+// Merges for cl_driver accumulators of C channels: (mean, m2) by Chan, or plain sums.
+struct ClChanMerge {
+  i64 C;
+  void operator()(double* acc, double* n, const double* part, double pn) const {
+    for (i64 c = 0; c < C; ++c) {
+      const Moments m = merge_moments({*n, acc[c], acc[C + c]}, {pn, part[c], part[C + c]});
+      acc[c] = m.mean;
+      acc[C + c] = m.m2;
+    }
+    *n += pn;
+  }
+};
+struct ClSumMerge {
+  i64 C;
+  void operator()(double* acc, double* n, const double* part, double pn) const {
+    for (i64 c = 0; c < 2 * C; ++c) acc[c] += part[c];
+    *n += pn;
+  }
+};
+
+}  // namespace ops
+}  // namespace normcpp
