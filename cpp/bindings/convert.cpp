@@ -344,5 +344,82 @@ RowsCall prepare_rows(py::handle input, py::handle normalized_shape, py::handle 
   return call;
 }
 
+namespace {
+
+py::array checked_grad(py::handle grad_output, const py::array& x) {
+  py::array dy = as_input(grad_output, "grad_output");
+  if (shape_of(dy) != shape_of(x))
+    value_error("grad_output must have the input's shape " + shape_str(x) + ", got " +
+                shape_str(dy));
+  if (!dy.dtype().is(x.dtype()))
+    type_error("grad_output must have the input's dtype " +
+               py::str(x.dtype()).cast<std::string>() + ", got " +
+               py::str(dy.dtype()).cast<std::string>());
+  return dy;
+}
+
+}  // namespace
+
+GradCall prepare_grad(py::handle grad_output, py::handle input, int min_rank) {
+  GradCall g;
+  g.fwd = prepare_ncs(input, py::none(), min_rank);
+  g.dy = checked_grad(grad_output, g.fwd.x);
+  const bool cl = g.fwd.ref.layout == Layout::channels_last;
+  if (cl ? !is_channels_last(g.dy) : !is_c_contiguous(g.dy)) {
+    py::array copy = numpy().attr("empty_like")(g.fwd.y);
+    numpy().attr("copyto")(copy, g.dy);
+    g.dy = copy;
+  }
+  const NCSRef& r = g.fwd.ref;
+  g.ref = NCSGradRef{r.x, g.dy.data(), r.y, r.dtype, r.N, r.C, r.S, r.layout};
+  return g;
+}
+
+py::array rows_grad(py::handle grad_output, const py::array& x) {
+  py::array dy = checked_grad(grad_output, x);
+  if (!is_c_contiguous(dy)) dy = numpy().attr("ascontiguousarray")(dy);
+  return dy;
+}
+
+std::vector<py::ssize_t> RowsCall::lead_shape() const {
+  return std::vector<py::ssize_t>(x.shape(), x.shape() + (x.ndim() - static_cast<py::ssize_t>(norm_shape.size())));
+}
+
+Saved::Saved(bool on, std::vector<py::ssize_t> shape, bool with_mean)
+    : on_(on), with_mean_(with_mean) {
+  if (!on_) return;
+  if (with_mean_) mean_ = py::array_t<double>(shape);
+  invstd_ = py::array_t<double>(shape);
+}
+
+SavedStats Saved::view() { return {mean_ptr(), invstd_ptr()}; }
+
+py::object Saved::result(py::object y) const {
+  if (!on_) return y;
+  if (!with_mean_) return py::make_tuple(y, invstd_);
+  return py::make_tuple(y, mean_, invstd_);
+}
+
+py::object Saved::broadcast_result(py::object y, std::int64_t n) const {
+  const py::object rep = numpy().attr("broadcast_to");
+  const py::ssize_t C = mean_.size();
+  const py::tuple shape = py::make_tuple(n, C);
+  return py::make_tuple(y, numpy().attr("array")(rep(mean_, shape)),
+                        numpy().attr("array")(rep(invstd_, shape)));
+}
+
+py::array_t<double> as_f64(py::handle h, const char* name, std::int64_t size) {
+  if (h.is_none() || PyUnicode_Check(h.ptr()) || PyBool_Check(h.ptr()))
+    type_error(std::string(name) + " must be an array of float64 values, got " + type_name(h));
+  py::array a = numpy().attr("asarray")(h);
+  if (a.dtype().kind() != 'f' && a.dtype().kind() != 'i' && a.dtype().kind() != 'u')
+    type_error(std::string(name) + " must be a real array, got dtype " +
+               py::str(a.dtype()).cast<std::string>());
+  if (a.size() != size)
+    value_error(std::string(name) + " must have " + std::to_string(size) + " elements, got " +
+                std::to_string(a.size()) + " (shape " + shape_str(a) + ")");
+  return py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a);
+}
+
 }  // namespace bindings
 }  // namespace normcpp

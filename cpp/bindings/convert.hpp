@@ -55,6 +55,17 @@ struct NCSCall {
 };
 NCSCall prepare_ncs(py::handle input, py::handle out, int min_rank);
 
+// Backward over (N, C, *spatial): the forward input, grad_output in the same layout (copied
+// when it differs) and grad_input allocated in that layout.
+struct GradCall {
+  NCSCall fwd;      // fwd.x: the input; fwd.y: grad_input
+  py::array dy;
+  NCSGradRef ref;
+};
+GradCall prepare_grad(py::handle grad_output, py::handle input, int min_rank);
+// grad_output for a rows call: same shape and dtype as the input, made C-contiguous.
+py::array rows_grad(py::handle grad_output, const py::array& x);
+
 // Rows x row_len view for layer_norm / rms_norm (trailing dims of size row_len).
 struct RowsCall {
   py::array x, y;
@@ -63,7 +74,29 @@ struct RowsCall {
   std::int64_t rows = 0, row_len = 0;
   std::vector<py::ssize_t> norm_shape;
   py::object result() const;
+  std::vector<py::ssize_t> lead_shape() const;  // input.shape[:-len(normalized_shape)]
 };
+
+// Optional float64 per-slot statistics a forward saves for its backward pass.
+class Saved {
+ public:
+  Saved(bool on, std::vector<py::ssize_t> shape, bool with_mean = true);
+  SavedStats view();
+  double* mean_ptr() { return on_ && with_mean_ ? mean_.mutable_data() : nullptr; }
+  double* invstd_ptr() { return on_ ? invstd_.mutable_data() : nullptr; }
+  // y alone, or (y, mean, invstd), or (y, invstd) without a mean.
+  py::object result(py::object y) const;
+  // (y, mean, invstd) with per-channel stats repeated over n samples: shape (n, C).
+  py::object broadcast_result(py::object y, std::int64_t n) const;
+
+ private:
+  bool on_, with_mean_;
+  py::array_t<double> mean_, invstd_;
+};
+
+// A float64 C-contiguous copy-or-view of an array-like of `size` elements (ValueError naming
+// `name` otherwise).
+py::array_t<double> as_f64(py::handle h, const char* name, std::int64_t size);
 RowsCall prepare_rows(py::handle input, py::handle normalized_shape, py::handle out);
 
 }  // namespace bindings

@@ -7,6 +7,7 @@ namespace normcpp {
 namespace bindings {
 void register_config(py::module_& m);
 void register_functional(py::module_& m);
+void register_backward(py::module_& m);
 }  // namespace bindings
 }  // namespace normcpp
 
@@ -14,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "normcpp kernels (private; use the normcpp package)";
   normcpp::bindings::register_config(m);
   normcpp::bindings::register_functional(m);
+  normcpp::bindings::register_backward(m);
 }

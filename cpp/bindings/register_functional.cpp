@@ -2,6 +2,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
+
 #include "bindings/convert.hpp"
 #include "normcpp/normcpp.hpp"
 
@@ -12,7 +14,7 @@ namespace bindings {
 
 namespace {
 
-py::object batch_norm_py(py::object input, py::object running_mean, py::object running_var,
+py::object batch_norm_py(bool with_stats, py::object input, py::object running_mean, py::object running_var,
                          py::object weight, py::object bias, py::object training,
                          py::object momentum, py::object eps, py::object out) {
   const bool train = as_bool(training, "training");
@@ -23,14 +25,15 @@ py::object batch_norm_py(py::object input, py::object running_mean, py::object r
   const ParamRef w = as_param(weight, "weight", keep), b = as_param(bias, "bias", keep);
   const RunningUpdate run{as_running(running_mean, "running_mean", train),
                           as_running(running_var, "running_var", train), mom};
+  Saved saved(with_stats, {call.ref.C});
   {
     py::gil_scoped_release nogil;
-    normcpp::batch_norm(call.ref, run, w, b, train, e);
+    normcpp::batch_norm(call.ref, run, w, b, train, e, saved.view());
   }
-  return call.result();
+  return saved.result(call.result());
 }
 
-py::object instance_norm_py(py::object input, py::object running_mean, py::object running_var,
+py::object instance_norm_py(bool with_stats, py::object input, py::object running_mean, py::object running_var,
                             py::object weight, py::object bias, py::object use_input_stats,
                             py::object momentum, py::object eps, py::object out) {
   const bool use_stats = as_bool(use_input_stats, "use_input_stats");
@@ -41,40 +44,52 @@ py::object instance_norm_py(py::object input, py::object running_mean, py::objec
   const ParamRef w = as_param(weight, "weight", keep), b = as_param(bias, "bias", keep);
   const RunningUpdate run{as_running(running_mean, "running_mean", use_stats),
                           as_running(running_var, "running_var", use_stats), mom};
+  Saved saved(with_stats && use_stats, {call.ref.N, call.ref.C});
   {
     py::gil_scoped_release nogil;
-    normcpp::instance_norm(call.ref, run, w, b, use_stats, e);
+    normcpp::instance_norm(call.ref, run, w, b, use_stats, e, saved.view());
   }
-  return call.result();
+  if (with_stats && !use_stats) {
+    // The running statistics normalized every sample: broadcast them as the saved stats.
+    Saved bn(true, {call.ref.C});
+    for (std::int64_t c = 0; c < call.ref.C; ++c) {
+      bn.mean_ptr()[c] = run.mean.get(c);
+      bn.invstd_ptr()[c] = 1.0 / std::sqrt(run.var.get(c) + e);
+    }
+    return bn.broadcast_result(call.result(), call.ref.N);
+  }
+  return saved.result(call.result());
 }
 
-py::object group_norm_py(py::object input, py::object num_groups, py::object weight,
+py::object group_norm_py(bool with_stats, py::object input, py::object num_groups, py::object weight,
                          py::object bias, py::object eps, py::object out) {
   const std::int64_t groups = as_int(num_groups, "num_groups");
   const double e = as_real(eps, "eps");
   NCSCall call = prepare_ncs(input, out, 2);
   std::vector<py::array> keep;
   const ParamRef w = as_param(weight, "weight", keep), b = as_param(bias, "bias", keep);
+  Saved saved(with_stats, {call.ref.N, groups > 0 ? groups : 1});
   {
     py::gil_scoped_release nogil;
-    normcpp::group_norm(call.ref, groups, w, b, e);
+    normcpp::group_norm(call.ref, groups, w, b, e, saved.view());
   }
-  return call.result();
+  return saved.result(call.result());
 }
 
-py::object layer_norm_py(py::object input, py::object normalized_shape, py::object weight,
+py::object layer_norm_py(bool with_stats, py::object input, py::object normalized_shape, py::object weight,
                          py::object bias, py::object eps, py::object out) {
   const double e = as_real(eps, "eps");
   RowsCall call = prepare_rows(input, normalized_shape, out);
   std::vector<py::array> keep;
   const ParamRef w = as_shaped_param(weight, "weight", call.norm_shape, keep);
   const ParamRef b = as_shaped_param(bias, "bias", call.norm_shape, keep);
+  Saved saved(with_stats, call.lead_shape());
   {
     py::gil_scoped_release nogil;
     normcpp::layer_norm(call.x.data(), call.y.mutable_data(), call.dtype, call.rows,
-                        call.row_len, w, b, e);
+                        call.row_len, w, b, e, saved.view());
   }
-  return call.result();
+  return saved.result(call.result());
 }
 
 // eps=None: the input dtype's machine epsilon (PyTorch's rule).
@@ -90,7 +105,7 @@ double default_rms_eps(DType dt) {
   return 2.220446049250313e-16;
 }
 
-py::object rms_norm_py(py::object input, py::object normalized_shape, py::object weight,
+py::object rms_norm_py(bool with_stats, py::object input, py::object normalized_shape, py::object weight,
                        py::object eps, py::object out) {
   const bool eps_given = !eps.is_none();
   const double e_given = eps_given ? as_real(eps, "eps") : 0.0;
@@ -98,29 +113,47 @@ py::object rms_norm_py(py::object input, py::object normalized_shape, py::object
   const double e = eps_given ? e_given : default_rms_eps(call.dtype);
   std::vector<py::array> keep;
   const ParamRef w = as_shaped_param(weight, "weight", call.norm_shape, keep);
+  Saved saved(with_stats, call.lead_shape(), /*with_mean=*/false);
   {
     py::gil_scoped_release nogil;
     normcpp::rms_norm(call.x.data(), call.y.mutable_data(), call.dtype, call.rows, call.row_len,
-                      w, e);
+                      w, e, saved.view());
   }
-  return call.result();
+  return saved.result(call.result());
+}
+
+// Binds fn(with_stats, args...) as a Python function of args with with_stats fixed.
+template <auto Fn, bool WithStats, class Sig>
+struct Bind;
+template <auto Fn, bool WithStats, class... Args>
+struct Bind<Fn, WithStats, py::object (*)(bool, Args...)> {
+  static py::object call(Args... args) { return Fn(WithStats, std::move(args)...); }
+};
+
+// `name` returns the output; `name_forward` also returns the statistics backward needs.
+template <auto Fn, class... Extra>
+void def_forward(py::module_& m, const char* name, const Extra&... extra) {
+  m.def(name, &Bind<Fn, false, decltype(Fn)>::call, extra...);
+  m.def((std::string(name) + "_forward").c_str(), &Bind<Fn, true, decltype(Fn)>::call, extra...);
 }
 
 }  // namespace
 
 void register_functional(py::module_& m) {
-  m.def("batch_norm", &batch_norm_py, py::arg("input"), py::arg("running_mean"),
-        py::arg("running_var"), py::arg("weight"), py::arg("bias"), py::arg("training"),
-        py::arg("momentum"), py::arg("eps"), py::arg("out"));
-  m.def("instance_norm", &instance_norm_py, py::arg("input"), py::arg("running_mean"),
-        py::arg("running_var"), py::arg("weight"), py::arg("bias"), py::arg("use_input_stats"),
-        py::arg("momentum"), py::arg("eps"), py::arg("out"));
-  m.def("group_norm", &group_norm_py, py::arg("input"), py::arg("num_groups"), py::arg("weight"),
-        py::arg("bias"), py::arg("eps"), py::arg("out"));
-  m.def("layer_norm", &layer_norm_py, py::arg("input"), py::arg("normalized_shape"),
-        py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("out"));
-  m.def("rms_norm", &rms_norm_py, py::arg("input"), py::arg("normalized_shape"),
-        py::arg("weight"), py::arg("eps"), py::arg("out"));
+  def_forward<&batch_norm_py>(m, "batch_norm", py::arg("input"), py::arg("running_mean"),
+                              py::arg("running_var"), py::arg("weight"), py::arg("bias"),
+                              py::arg("training"), py::arg("momentum"), py::arg("eps"),
+                              py::arg("out"));
+  def_forward<&instance_norm_py>(m, "instance_norm", py::arg("input"), py::arg("running_mean"),
+                                 py::arg("running_var"), py::arg("weight"), py::arg("bias"),
+                                 py::arg("use_input_stats"), py::arg("momentum"), py::arg("eps"),
+                                 py::arg("out"));
+  def_forward<&group_norm_py>(m, "group_norm", py::arg("input"), py::arg("num_groups"),
+                              py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("out"));
+  def_forward<&layer_norm_py>(m, "layer_norm", py::arg("input"), py::arg("normalized_shape"),
+                              py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("out"));
+  def_forward<&rms_norm_py>(m, "rms_norm", py::arg("input"), py::arg("normalized_shape"),
+                            py::arg("weight"), py::arg("eps"), py::arg("out"));
 }
 
 }  // namespace bindings

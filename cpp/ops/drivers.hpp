@@ -62,11 +62,11 @@ struct SumMerge {
 template <class Merge, class Reduce>
 Moments reduce_range(const RunGeom& g, i64 s, i64 e0, i64 e1, Reduce& reduce) {
   Moments m;
-  for_pieces(g, s, e0, e1, [&](i64 off, i64 len) { m = Merge{}(m, reduce(off, len)); });
+  for_pieces(g, s, e0, e1, [&](i64 off, i64 len) { m = Merge{}(m, reduce(s, off, len)); });
   return m;
 }
 
-// Stats: reduce(offset, len) over each slot's pieces, merged with Merge, then
+// Stats: reduce(s, offset, len) over each slot's pieces, merged with Merge, then
 // finish(s, result) before apply(s, e0, e1); otherwise apply only.
 template <bool Stats, class Merge = ChanMerge, class Reduce, class Finish, class Apply>
 void run_driver(const RunGeom& g, Reduce reduce, Finish finish, Apply apply) {

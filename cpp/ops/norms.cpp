@@ -55,7 +55,7 @@ void channel_pass(const NCSRef& t, Finish finish, const typename Kern<T>::A* M,
   if (t.layout == Layout::contiguous) {
     const RunGeom g{C, t.N, t.S, C * t.S, t.S};
     run_driver<Stats>(
-        g, [&](i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
+        g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
         [&](i64 c, i64 e0, i64 e1) {
           if constexpr (Apply)
             for_pieces(g, c, e0, e1, [&](i64 off, i64 len) {
@@ -157,7 +157,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
   if (t.layout == Layout::contiguous) {
     const RunGeom g{slots, 1, S, 0, S};
     run_driver<true>(
-        g, [&](i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
+        g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
         [&](i64 s, i64 e0, i64 e1) {
           const auto u = static_cast<std::size_t>(s);
           const i64 off = s * S + e0;
@@ -220,7 +220,7 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
   if (t.layout == Layout::contiguous) {
     const RunGeom g{slots, 1, Cg * S, 0, Cg * S};
     run_driver<true>(
-        g, [&](i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
+        g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
         [&](i64 slot, i64 e0, i64 e1) {
           // [e0, e1) split at channel boundaries: each channel has its own coefficients.
           const i64 nc0 = (slot / G) * C + (slot % G) * Cg;
@@ -289,13 +289,13 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
     // Moments with the mean pinned at 0: M2 = sum of squares, merged by Chan's formula.
     run_driver<true>(
         g,
-        [&](i64 off, i64 len) {
+        [&](i64, i64 off, i64 len) {
           return Moments{static_cast<double>(len), 0.0, k.run_sumsq(x + off, len)};
         },
         finish, apply);
   } else {
     run_driver<true>(
-        g, [&](i64 off, i64 len) { return k.run_moments(x + off, len); }, finish, apply);
+        g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish, apply);
   }
   if (rows * L == 0) return;
   write_saved(saved, mean, var, eps);
@@ -319,6 +319,22 @@ void batch_norm(const NCSRef& t, const RunningUpdate& running, ParamRef weight, 
               ops::str(t.N) + " and 1 spatial position");
   ops::by_dtype(t.dtype, [&](auto tag) {
     ops::batch_norm_t<decltype(tag)>(t, running, weight, bias, training, eps, saved);
+  });
+}
+
+void batch_norm_stats(const NCSRef& t, double* count, double* mean, double* m2) {
+  ops::check_ncs({t.x, const_cast<void*>(t.x), t.dtype, t.N, t.C, t.S, t.layout});
+  for (std::int64_t c = 0; c < t.C; ++c) count[c] = mean[c] = m2[c] = 0.0;
+  ops::by_dtype(t.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    ops::channel_pass<true, false, T>(
+        t,
+        [&](std::int64_t c, const Moments& m) {
+          count[c] = m.n;
+          mean[c] = m.mean;
+          m2[c] = m.m2;
+        },
+        nullptr, nullptr, nullptr);
   });
 }
 

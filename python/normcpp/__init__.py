@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from . import _core
 from ._config import config, get_num_threads, set_num_threads
-from .functional import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
+from . import functional
+from .functional import *  # noqa: F403 (the functional API, listed in functional.__all__)
 from .modules import (
     BatchNorm1d,
     BatchNorm2d,
@@ -26,7 +27,7 @@ from .modules import (
 
 __version__: str = _core.__version__
 
-__all__ = [
+__all__ = sorted(functional.__all__) + [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
@@ -38,12 +39,7 @@ __all__ = [
     "Module",
     "RMSNorm",
     "__version__",
-    "batch_norm",
     "config",
     "get_num_threads",
-    "group_norm",
-    "instance_norm",
-    "layer_norm",
-    "rms_norm",
     "set_num_threads",
 ]

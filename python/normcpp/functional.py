@@ -7,15 +7,35 @@ whole computation and changes nothing when it raises.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
 
-__all__ = ["batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"]
+__all__ = [
+    "batch_norm",
+    "batch_norm_backward",
+    "batch_norm_backward_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_forward",
+    "batch_norm_stats",
+    "group_norm",
+    "group_norm_backward",
+    "group_norm_forward",
+    "instance_norm",
+    "instance_norm_backward",
+    "instance_norm_forward",
+    "layer_norm",
+    "layer_norm_backward",
+    "layer_norm_forward",
+    "rms_norm",
+    "rms_norm_backward",
+    "rms_norm_forward",
+]
 
 ShapeLike = Union[int, Sequence[int]]
+Grads = Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]
 
 
 def batch_norm(
@@ -155,3 +175,216 @@ def rms_norm(
     [[0.848528, 1.131371]]
     """
     return _core.rms_norm(input, normalized_shape, weight, eps, out)
+
+
+# ----------------------------------------------------------------------------- backward
+# Each ``*_forward`` computes the same output as its op and also returns what the op's
+# ``*_backward`` needs: the per-slot mean and 1/sqrt(var + eps) in float64. Each ``*_backward``
+# returns ``(grad_input, grad_weight, grad_bias)``: grad_input in the input's dtype and layout;
+# grad_weight (None without weight) and grad_bias (None unless ``has_bias``, which defaults to
+# "weight is given") in the weight's dtype (float64 without weight).
+
+
+def batch_norm_forward(
+    input: np.ndarray,
+    running_mean: Optional[np.ndarray] = None,
+    running_var: Optional[np.ndarray] = None,
+    weight: Optional[np.ndarray] = None,
+    bias: Optional[np.ndarray] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    out: Optional[np.ndarray] = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`batch_norm` that also returns ``(save_mean, save_invstd)``, float64 (C,).
+
+    In eval mode these are the running mean and ``1/sqrt(running_var + eps)``.
+
+    Examples
+    --------
+    >>> import numpy as np, normcpp as nc
+    >>> x = np.random.default_rng(0).standard_normal((4, 3, 5)).astype(np.float32)
+    >>> y, mean, invstd = nc.batch_norm_forward(x, training=True)
+    >>> mean.shape, invstd.dtype
+    ((3,), dtype('float64'))
+    """
+    return _core.batch_norm_forward(input, running_mean, running_var, weight, bias, training,
+                                    momentum, eps, out)
+
+
+def batch_norm_backward(
+    grad_output: np.ndarray,
+    input: np.ndarray,
+    weight: Optional[np.ndarray],
+    save_mean: np.ndarray,
+    save_invstd: np.ndarray,
+    training: bool = True,
+    *,
+    has_bias: Optional[bool] = None,
+) -> Grads:
+    """Gradients of :func:`batch_norm`. ``training=True``: through the batch statistics
+    (what ``batch_norm_forward(..., training=True)`` saved); ``False``: of the frozen affine map
+    ``dx = dy * weight * invstd`` (eval mode or a frozen BatchNorm).
+
+    Examples
+    --------
+    >>> import numpy as np, normcpp as nc
+    >>> x = np.random.default_rng(0).standard_normal((4, 3, 5))
+    >>> w = np.ones(3)
+    >>> y, m, r = nc.batch_norm_forward(x, weight=w, training=True)
+    >>> dx, dw, db = nc.batch_norm_backward(np.ones_like(x), x, w, m, r)
+    >>> bool(np.allclose(dx, 0)), db.tolist()
+    (True, [20.0, 20.0, 20.0])
+    """
+    return _core.batch_norm_backward(grad_output, input, weight, save_mean, save_invstd,
+                                     training, has_bias)
+
+
+def instance_norm_forward(
+    input: np.ndarray,
+    running_mean: Optional[np.ndarray] = None,
+    running_var: Optional[np.ndarray] = None,
+    weight: Optional[np.ndarray] = None,
+    bias: Optional[np.ndarray] = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    out: Optional[np.ndarray] = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`instance_norm` that also returns ``(save_mean, save_invstd)``, float64 (N, C)."""
+    return _core.instance_norm_forward(input, running_mean, running_var, weight, bias,
+                                       use_input_stats, momentum, eps, out)
+
+
+def instance_norm_backward(
+    grad_output: np.ndarray,
+    input: np.ndarray,
+    weight: Optional[np.ndarray],
+    save_mean: np.ndarray,
+    save_invstd: np.ndarray,
+    *,
+    has_bias: Optional[bool] = None,
+) -> Grads:
+    """Gradients of :func:`instance_norm` with input statistics (see :func:`batch_norm_backward`
+    with ``training=False`` for running statistics)."""
+    return _core.instance_norm_backward(grad_output, input, weight, save_mean, save_invstd,
+                                        has_bias)
+
+
+def group_norm_forward(
+    input: np.ndarray,
+    num_groups: int,
+    weight: Optional[np.ndarray] = None,
+    bias: Optional[np.ndarray] = None,
+    eps: float = 1e-5,
+    *,
+    out: Optional[np.ndarray] = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`group_norm` that also returns ``(save_mean, save_invstd)``, float64 (N, G)."""
+    return _core.group_norm_forward(input, num_groups, weight, bias, eps, out)
+
+
+def group_norm_backward(
+    grad_output: np.ndarray,
+    input: np.ndarray,
+    num_groups: int,
+    weight: Optional[np.ndarray],
+    save_mean: np.ndarray,
+    save_invstd: np.ndarray,
+    *,
+    has_bias: Optional[bool] = None,
+) -> Grads:
+    """Gradients of :func:`group_norm`."""
+    return _core.group_norm_backward(grad_output, input, num_groups, weight, save_mean,
+                                     save_invstd, has_bias)
+
+
+def layer_norm_forward(
+    input: np.ndarray,
+    normalized_shape: ShapeLike,
+    weight: Optional[np.ndarray] = None,
+    bias: Optional[np.ndarray] = None,
+    eps: float = 1e-5,
+    *,
+    out: Optional[np.ndarray] = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`layer_norm` that also returns ``(save_mean, save_invstd)``, float64 with the
+    input's leading shape (``input.shape[:-len(normalized_shape)]``)."""
+    return _core.layer_norm_forward(input, normalized_shape, weight, bias, eps, out)
+
+
+def layer_norm_backward(
+    grad_output: np.ndarray,
+    input: np.ndarray,
+    normalized_shape: ShapeLike,
+    weight: Optional[np.ndarray],
+    save_mean: np.ndarray,
+    save_invstd: np.ndarray,
+    *,
+    has_bias: Optional[bool] = None,
+) -> Grads:
+    """Gradients of :func:`layer_norm`; grad_weight/grad_bias have ``normalized_shape``."""
+    return _core.layer_norm_backward(grad_output, input, normalized_shape, weight, save_mean,
+                                     save_invstd, has_bias)
+
+
+def rms_norm_forward(
+    input: np.ndarray,
+    normalized_shape: ShapeLike,
+    weight: Optional[np.ndarray] = None,
+    eps: Optional[float] = None,
+    *,
+    out: Optional[np.ndarray] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`rms_norm` that also returns ``save_invrms = 1/sqrt(mean(x**2) + eps)`` per row."""
+    return _core.rms_norm_forward(input, normalized_shape, weight, eps, out)
+
+
+def rms_norm_backward(
+    grad_output: np.ndarray,
+    input: np.ndarray,
+    normalized_shape: ShapeLike,
+    weight: Optional[np.ndarray],
+    save_invrms: np.ndarray,
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Gradients ``(grad_input, grad_weight)`` of :func:`rms_norm`."""
+    return _core.rms_norm_backward(grad_output, input, normalized_shape, weight, save_invrms)
+
+
+def batch_norm_stats(input: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact per-channel ``(count, mean, m2)`` (float64, M2 = sum of squared deviations) over
+    N and the spatial dims — the statistics SyncBatchNorm merges across processes.
+
+    Examples
+    --------
+    >>> import numpy as np, normcpp as nc
+    >>> n, mean, m2 = nc.batch_norm_stats(np.arange(12.0).reshape(2, 2, 3))
+    >>> n.tolist(), mean.tolist(), (m2 / n).round(3).tolist()
+    ([6.0, 6.0], [4.0, 7.0], [9.667, 9.667])
+    """
+    return _core.batch_norm_stats(input)
+
+
+def batch_norm_backward_reduce(
+    grad_output: np.ndarray, input: np.ndarray, mean: np.ndarray, invstd: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(sum(dy), sum(dy * xhat))``, float64, with ``xhat = (x - mean) * invstd``."""
+    return _core.batch_norm_backward_reduce(grad_output, input, mean, invstd)
+
+
+def batch_norm_backward_elemt(
+    grad_output: np.ndarray,
+    input: np.ndarray,
+    weight: Optional[np.ndarray],
+    mean: np.ndarray,
+    invstd: np.ndarray,
+    sum_dy: np.ndarray,
+    sum_dy_xhat: np.ndarray,
+    count: float,
+) -> np.ndarray:
+    """``dx = weight * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / count)`` with
+    (global) sums from :func:`batch_norm_backward_reduce` and the global element count."""
+    return _core.batch_norm_backward_elemt(grad_output, input, weight, mean, invstd, sum_dy,
+                                           sum_dy_xhat, count)

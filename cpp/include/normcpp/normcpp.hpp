@@ -84,6 +84,45 @@ void layer_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int
 void rms_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int64_t row_len,
               ParamRef weight, double eps, SavedStats saved = {});
 
+// ---- Backward passes. x is the forward input, dy the gradient of the output, dx receives the
+// gradient of the input (same layout; dx may alias dy). mean/invstd are what the forward
+// saved (per slot, double). grad_weight/grad_bias (double, per channel or element) are
+// optional outputs.
+struct NCSGradRef {
+  const void* x = nullptr;
+  const void* dy = nullptr;
+  void* dx = nullptr;
+  DType dtype = DType::f32;
+  std::int64_t N = 0, C = 0, S = 0;
+  Layout layout = Layout::contiguous;
+};
+
+// training: through the batch statistics; otherwise of the frozen map dx = dy * w * invstd.
+void batch_norm_backward(const NCSGradRef& t, ParamRef weight, const double* mean,
+                         const double* invstd, bool training, double* grad_weight,
+                         double* grad_bias);
+// Per-channel count, mean and M2 (SyncBatchNorm, recalibration). t.y is not used.
+void batch_norm_stats(const NCSRef& t, double* count, double* mean, double* m2);
+// Per-channel sum(dy) and sum(dy * xhat). t.dx is not used.
+void batch_norm_backward_reduce(const NCSGradRef& t, const double* mean, const double* invstd,
+                                double* sum_dy, double* sum_dy_xhat);
+// dx = w * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / count) with global sums.
+void batch_norm_backward_elemt(const NCSGradRef& t, ParamRef weight, const double* mean,
+                               const double* invstd, const double* sum_dy,
+                               const double* sum_dy_xhat, double count);
+void instance_norm_backward(const NCSGradRef& t, ParamRef weight, const double* mean,
+                            const double* invstd, double* grad_weight, double* grad_bias);
+void group_norm_backward(const NCSGradRef& t, std::int64_t groups, ParamRef weight,
+                         const double* mean, const double* invstd, double* grad_weight,
+                         double* grad_bias);
+void layer_norm_backward(const void* x, const void* dy, void* dx, DType dtype, std::int64_t rows,
+                         std::int64_t row_len, ParamRef weight, const double* mean,
+                         const double* invstd, double* grad_weight, double* grad_bias);
+// invrms: 1 / sqrt(mean(x^2) + eps) per row, as rms_norm saved it (SavedStats::invstd).
+void rms_norm_backward(const void* x, const void* dy, void* dx, DType dtype, std::int64_t rows,
+                       std::int64_t row_len, ParamRef weight, const double* invrms,
+                       double* grad_weight);
+
 // Threads (OpenMP when built with it). 0 or less restores the default.
 void set_num_threads(int n);
 int get_num_threads();
