@@ -357,11 +357,12 @@ NAN_DTYPES = [np.float16, np.float32, np.float64]
 @pytest.mark.parametrize("layout", NAN_LAYOUTS)
 @pytest.mark.parametrize("dtype", NAN_DTYPES)
 def test_nan_batch_norm_training(dtype, layout):
-    """A NaN poisons its channel's batch statistics, so that channel for every sample."""
+    """A NaN poisons its channel's batch statistics, so that channel for every sample; with
+    nonfinite="propagate" the running statistics take the NaN too (PyTorch's behaviour)."""
     x = _nan_input(dtype, layout)
     rm, rv = np.zeros(6), np.ones(6)
     y_ref, rm_ref, rv_ref = ref.batch_norm(x, rm, rv, training=True)
-    y = nc.batch_norm(x, rm, rv, training=True)
+    y = nc.batch_norm(x, rm, rv, training=True, nonfinite="propagate")
     expected = np.zeros(x.shape, bool)
     expected[:, NAN_AT[1]] = True
     _assert_nan_pattern(y, y_ref, dtype, expected)
@@ -385,7 +386,8 @@ def test_nan_batch_norm_eval(dtype, layout):
 @pytest.mark.parametrize("layout", NAN_LAYOUTS)
 @pytest.mark.parametrize("dtype", NAN_DTYPES)
 def test_nan_instance_norm(dtype, layout):
-    """Only the (sample, channel) with the NaN; the running stats of that channel only."""
+    """Only the (sample, channel) with the NaN; with nonfinite="propagate", the running stats
+    of that channel only."""
     x = _nan_input(dtype, layout)
     expected = np.zeros(x.shape, bool)
     expected[NAN_AT[:2]] = True
@@ -393,7 +395,8 @@ def test_nan_instance_norm(dtype, layout):
     _assert_nan_pattern(nc.instance_norm(x), y_ref, dtype, expected)
     rm, rv = np.zeros(6, np.float32), np.ones(6, np.float32)
     y_ref, rm_ref, rv_ref = ref.instance_norm(x, rm, rv)
-    _assert_nan_pattern(nc.instance_norm(x, rm, rv), y_ref, dtype, expected)
+    _assert_nan_pattern(nc.instance_norm(x, rm, rv, nonfinite="propagate"), y_ref, dtype,
+                        expected)
     stat_nan = np.arange(6) == NAN_AT[1]
     assert np.array_equal(np.isnan(rm), stat_nan) and np.array_equal(np.isnan(rv), stat_nan)
     np.testing.assert_allclose(rm[~stat_nan], rm_ref[~stat_nan], rtol=1e-5, atol=1e-6)
@@ -439,3 +442,24 @@ def test_nan_in_param_only_poisons_its_channel(op):
     expected = np.zeros(x.shape, bool)
     expected[:, 4] = True
     assert np.array_equal(np.isnan(y), expected)
+
+
+@pytest.mark.parametrize("op", ["batch_norm", "instance_norm"])
+@pytest.mark.parametrize("layout", NAN_LAYOUTS)
+def test_nan_batch_statistics_raise_by_default(op, layout):
+    """By default a non-finite batch statistic raises before the running stats change."""
+    x = _nan_input(np.float32, layout)
+    rm, rv = np.linspace(-1, 1, 6), np.linspace(1, 2, 6)
+    rm0, rv0 = rm.copy(), rv.copy()
+    fn = getattr(nc, op)
+    with pytest.raises(ValueError, match="non-finite batch statistics.*running_mean"):
+        fn(x, rm, rv, None, None, True)
+    assert np.array_equal(rm, rm0) and np.array_equal(rv, rv0)
+    with pytest.raises(ValueError, match="nonfinite"):
+        fn(x, rm, rv, None, None, True, nonfinite="ignore")
+    with pytest.raises(TypeError, match="nonfinite"):
+        fn(x, rm, rv, None, None, True, nonfinite=None)
+    x_inf = np.ones((2, 3, 4), np.float32)
+    x_inf[0, 1, 2] = np.inf
+    with pytest.raises(ValueError, match="channel 1"):
+        fn(x_inf, np.zeros(3), np.ones(3), None, None, True)

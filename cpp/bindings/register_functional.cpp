@@ -14,17 +14,30 @@ namespace bindings {
 
 namespace {
 
+// nonfinite="raise" (default) or "propagate": whether NaN/inf batch statistics may reach the
+// running statistics.
+bool as_nonfinite(py::handle h) {
+  if (!PyUnicode_Check(h.ptr()))
+    type_error("nonfinite must be 'raise' or 'propagate', got " + type_name(h));
+  const auto v = h.cast<std::string>();
+  if (v != "raise" && v != "propagate")
+    value_error("nonfinite must be 'raise' or 'propagate', got '" + v + "'");
+  return v == "propagate";
+}
+
 py::object batch_norm_py(bool with_stats, py::object input, py::object running_mean, py::object running_var,
                          py::object weight, py::object bias, py::object training,
-                         py::object momentum, py::object eps, py::object out) {
+                         py::object momentum, py::object eps, py::object out,
+                         py::object nonfinite) {
   const bool train = as_bool(training, "training");
+  const bool propagate = as_nonfinite(nonfinite);
   const double mom = as_real(momentum, "momentum");
   const double e = as_real(eps, "eps");
   NCSCall call = prepare_ncs(input, out, 2);
   std::vector<py::array> keep;
   const ParamRef w = as_param(weight, "weight", keep), b = as_param(bias, "bias", keep);
   const RunningUpdate run{as_running(running_mean, "running_mean", train),
-                          as_running(running_var, "running_var", train), mom};
+                          as_running(running_var, "running_var", train), mom, propagate};
   Saved saved(with_stats, {call.ref.C});
   {
     py::gil_scoped_release nogil;
@@ -35,15 +48,17 @@ py::object batch_norm_py(bool with_stats, py::object input, py::object running_m
 
 py::object instance_norm_py(bool with_stats, py::object input, py::object running_mean, py::object running_var,
                             py::object weight, py::object bias, py::object use_input_stats,
-                            py::object momentum, py::object eps, py::object out) {
+                            py::object momentum, py::object eps, py::object out,
+                            py::object nonfinite) {
   const bool use_stats = as_bool(use_input_stats, "use_input_stats");
+  const bool propagate = as_nonfinite(nonfinite);
   const double mom = as_real(momentum, "momentum");
   const double e = as_real(eps, "eps");
   NCSCall call = prepare_ncs(input, out, 3);
   std::vector<py::array> keep;
   const ParamRef w = as_param(weight, "weight", keep), b = as_param(bias, "bias", keep);
   const RunningUpdate run{as_running(running_mean, "running_mean", use_stats),
-                          as_running(running_var, "running_var", use_stats), mom};
+                          as_running(running_var, "running_var", use_stats), mom, propagate};
   Saved saved(with_stats && use_stats, {call.ref.N, call.ref.C});
   {
     py::gil_scoped_release nogil;
@@ -143,11 +158,11 @@ void register_functional(py::module_& m) {
   def_forward<&batch_norm_py>(m, "batch_norm", py::arg("input"), py::arg("running_mean"),
                               py::arg("running_var"), py::arg("weight"), py::arg("bias"),
                               py::arg("training"), py::arg("momentum"), py::arg("eps"),
-                              py::arg("out"));
+                              py::arg("out"), py::arg("nonfinite"));
   def_forward<&instance_norm_py>(m, "instance_norm", py::arg("input"), py::arg("running_mean"),
                                  py::arg("running_var"), py::arg("weight"), py::arg("bias"),
                                  py::arg("use_input_stats"), py::arg("momentum"), py::arg("eps"),
-                                 py::arg("out"));
+                                 py::arg("out"), py::arg("nonfinite"));
   def_forward<&group_norm_py>(m, "group_norm", py::arg("input"), py::arg("num_groups"),
                               py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("out"));
   def_forward<&layer_norm_py>(m, "layer_norm", py::arg("input"), py::arg("normalized_shape"),

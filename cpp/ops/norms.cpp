@@ -98,6 +98,19 @@ struct Coefs {
 
 inline double biased_var(const Moments& m) { return clamp_nonneg(m.m2 / m.n); }
 
+// Throws before any running statistic changes if a batch statistic is NaN or infinite.
+void check_finite_update(const RunningUpdate& r, const std::vector<double>& mean,
+                         const std::vector<double>& var, i64 C) {
+  if (r.allow_nonfinite) return;
+  for (std::size_t i = 0; i < mean.size(); ++i) {
+    if (std::isfinite(mean[i]) && std::isfinite(var[i])) continue;
+    fail("non-finite batch statistics for channel " + str(static_cast<i64>(i) % C) +
+         " (mean=" + str(mean[i]) + ", var=" + str(var[i]) +
+         "): running_mean and running_var were left unchanged; the input has NaN or inf "
+         "values (pass nonfinite='propagate' to update them anyway, as PyTorch does)");
+  }
+}
+
 void update_running(const RunningUpdate& r, i64 c, double mean, double unbiased_var) {
   r.mean.set(c, (1.0 - r.momentum) * r.mean.get(c) + r.momentum * mean);
   r.var.set(c, (1.0 - r.momentum) * r.var.get(c) + r.momentum * unbiased_var);
@@ -132,6 +145,7 @@ void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight
   channel_pass<true, true, T>(t, finish, cf.M.data(), cf.Sc.data(), cf.B.data());
   if (n == 0) return;
   if (running.mean.present()) {
+    check_finite_update(running, cf.mean, cf.var, C);
     const double unbias = static_cast<double>(n) / static_cast<double>(n - 1);
     for (i64 c = 0; c < C; ++c)
       update_running(running, c, cf.mean[static_cast<std::size_t>(c)],
@@ -182,6 +196,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
   }
   if (slots * S == 0) return;
   if (running.mean.present()) {
+    check_finite_update(running, cf.mean, cf.var, C);
     const double unbias = static_cast<double>(S) / static_cast<double>(S - 1);
     for (i64 c = 0; c < C; ++c) {
       double ms = 0.0, vs = 0.0;
@@ -349,7 +364,7 @@ void instance_norm(const NCSRef& t, const RunningUpdate& running, ParamRef weigh
   if (!use_input_stats) {
     if (!running.mean.present())
       ops::fail("running_mean and running_var are required when use_input_stats=False");
-    batch_norm(t, {running.mean, running.var, running.momentum}, weight, bias, false, eps);
+    batch_norm(t, running, weight, bias, false, eps);
     return;
   }
   if (t.S == 1 && t.N * t.C > 0)

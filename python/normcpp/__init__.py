@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from . import _core
 from ._config import config, get_num_threads, set_num_threads
-from . import functional
+from . import functional, onnx
+from .fold import fold_batchnorm
 from .functional import *  # noqa: F403 (the functional API, listed in functional.__all__)
+from .interop import BatchNormNd, from_keras_batchnorm, from_torch
 from .modules import (
     BatchNorm1d,
     BatchNorm2d,
@@ -31,6 +33,7 @@ __all__ = sorted(functional.__all__) + [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchNormNd",
     "GroupNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",
@@ -40,6 +43,10 @@ __all__ = sorted(functional.__all__) + [
     "RMSNorm",
     "__version__",
     "config",
+    "fold_batchnorm",
+    "from_keras_batchnorm",
+    "from_torch",
     "get_num_threads",
+    "onnx",
     "set_num_threads",
 ]

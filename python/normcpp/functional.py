@@ -49,6 +49,7 @@ def batch_norm(
     eps: float = 1e-5,
     *,
     out: Optional[np.ndarray] = None,
+    nonfinite: str = "raise",
 ) -> np.ndarray:
     """Batch normalization over (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W).
 
@@ -64,6 +65,11 @@ def batch_norm(
         place; other strides are copied once. The result has the input's layout.
     out : ndarray, optional
         Receives the result (same shape and dtype, writeable); may be ``input`` itself.
+    nonfinite : {"raise", "propagate"}
+        In training with running statistics, a NaN or inf batch statistic raises
+        ``ValueError`` before the running statistics change ("raise", the default: one bad
+        batch cannot silently destroy a model's statistics); "propagate" updates them
+        anyway, as PyTorch does.
 
     Examples
     --------
@@ -75,7 +81,7 @@ def batch_norm(
     True
     """
     return _core.batch_norm(input, running_mean, running_var, weight, bias, training,
-                            momentum, eps, out)
+                            momentum, eps, out, nonfinite)
 
 
 def instance_norm(
@@ -89,13 +95,14 @@ def instance_norm(
     eps: float = 1e-5,
     *,
     out: Optional[np.ndarray] = None,
+    nonfinite: str = "raise",
 ) -> np.ndarray:
     """Instance normalization: each (sample, channel) over its spatial positions.
 
     Input is (N, C, L), (N, C, H, W) or (N, C, D, H, W). With ``use_input_stats`` and running
     statistics, these are updated with the batch mean of the per-instance means and unbiased
     variances (as PyTorch does); with ``use_input_stats=False`` the running statistics
-    normalize.
+    normalize. ``nonfinite`` as in :func:`batch_norm`.
 
     Examples
     --------
@@ -106,7 +113,7 @@ def instance_norm(
     True
     """
     return _core.instance_norm(input, running_mean, running_var, weight, bias,
-                               use_input_stats, momentum, eps, out)
+                               use_input_stats, momentum, eps, out, nonfinite)
 
 
 def group_norm(
@@ -196,6 +203,7 @@ def batch_norm_forward(
     eps: float = 1e-5,
     *,
     out: Optional[np.ndarray] = None,
+    nonfinite: str = "raise",
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`batch_norm` that also returns ``(save_mean, save_invstd)``, float64 (C,).
 
@@ -210,7 +218,7 @@ def batch_norm_forward(
     ((3,), dtype('float64'))
     """
     return _core.batch_norm_forward(input, running_mean, running_var, weight, bias, training,
-                                    momentum, eps, out)
+                                    momentum, eps, out, nonfinite)
 
 
 def batch_norm_backward(
@@ -252,10 +260,11 @@ def instance_norm_forward(
     eps: float = 1e-5,
     *,
     out: Optional[np.ndarray] = None,
+    nonfinite: str = "raise",
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`instance_norm` that also returns ``(save_mean, save_invstd)``, float64 (N, C)."""
     return _core.instance_norm_forward(input, running_mean, running_var, weight, bias,
-                                       use_input_stats, momentum, eps, out)
+                                       use_input_stats, momentum, eps, out, nonfinite)
 
 
 def instance_norm_backward(

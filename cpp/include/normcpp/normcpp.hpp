@@ -56,9 +56,13 @@ struct SavedStats {
 };
 
 // Running-statistics update rule shared by batch_norm and instance_norm.
+// Non-finite batch statistics (NaN/inf in the batch) would destroy the running statistics:
+// by default the update throws std::invalid_argument before touching them
+// (allow_nonfinite = false); with allow_nonfinite they propagate, as in PyTorch.
 struct RunningUpdate {
   MutParamRef mean, var;
   double momentum = 0.1;  // new = (1 - momentum) * old + momentum * batch
+  bool allow_nonfinite = false;
 };
 
 // BatchNorm: statistics per channel over N and S. training: batch statistics (biased variance)
