@@ -8,7 +8,17 @@ OpenMP threads do the work with the GIL released.
 
 from __future__ import annotations
 
-from . import _core
+import os as _os
+
+# GNU OpenMP spins idle threads for ~0.3 s worth of iterations after each parallel region by
+# default; next to BLAS threads or other processes on few cores that spinning starves the
+# workers (measured on 2 cores: an eval BN after a NumPy matmul took 20 ms instead of 0.09 ms).
+# A short spin keeps back-to-back calls fast without that cliff. Set OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT yourself to choose otherwise (read once, when the OpenMP runtime loads).
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["GOMP_SPINCOUNT"] = "10000"
+
+from . import _core  # noqa: E402
 from ._config import config, get_num_threads, set_num_threads
 from . import functional, onnx
 from .fold import fold_batchnorm
