@@ -25,11 +25,37 @@ bool as_nonfinite(py::handle h) {
   return v == "propagate";
 }
 
+// activation=None | "relu" | "relu6" | "silu" | "gelu" (inference only; not with *_forward).
+Activation as_activation(py::handle h, bool with_stats) {
+  if (h.is_none()) return Activation::none;
+  if (!PyUnicode_Check(h.ptr()))
+    type_error("activation must be None or one of 'relu', 'relu6', 'silu', 'gelu', got " +
+               type_name(h));
+  const auto v = h.cast<std::string>();
+  Activation a;
+  if (v == "relu")
+    a = Activation::relu;
+  else if (v == "relu6")
+    a = Activation::relu6;
+  else if (v == "silu")
+    a = Activation::silu;
+  else if (v == "gelu")
+    a = Activation::gelu;
+  else
+    value_error("activation must be None or one of 'relu', 'relu6', 'silu', 'gelu', got '" + v +
+                "'");
+  if (with_stats)
+    value_error("activation is for inference; the *_forward variants (for backward) do not "
+                "take it");
+  return a;
+}
+
 py::object batch_norm_py(bool with_stats, py::object input, py::object running_mean, py::object running_var,
                          py::object weight, py::object bias, py::object training,
                          py::object momentum, py::object eps, py::object out,
-                         py::object nonfinite) {
+                         py::object nonfinite, py::object activation) {
   const bool train = as_bool(training, "training");
+  const Activation act = as_activation(activation, with_stats);
   const bool propagate = as_nonfinite(nonfinite);
   const double mom = as_real(momentum, "momentum");
   const double e = as_real(eps, "eps");
@@ -41,7 +67,7 @@ py::object batch_norm_py(bool with_stats, py::object input, py::object running_m
   Saved saved(with_stats, {call.ref.C});
   {
     py::gil_scoped_release nogil;
-    normcpp::batch_norm(call.ref, run, w, b, train, e, saved.view());
+    normcpp::batch_norm(call.ref, run, w, b, train, e, saved.view(), act);
   }
   return saved.result(call.result());
 }
@@ -77,8 +103,10 @@ py::object instance_norm_py(bool with_stats, py::object input, py::object runnin
 }
 
 py::object group_norm_py(bool with_stats, py::object input, py::object num_groups, py::object weight,
-                         py::object bias, py::object eps, py::object out) {
+                         py::object bias, py::object eps, py::object out,
+                         py::object activation) {
   const std::int64_t groups = as_int(num_groups, "num_groups");
+  const Activation act = as_activation(activation, with_stats);
   const double e = as_real(eps, "eps");
   NCSCall call = prepare_ncs(input, out, 2);
   std::vector<py::array> keep;
@@ -86,14 +114,16 @@ py::object group_norm_py(bool with_stats, py::object input, py::object num_group
   Saved saved(with_stats, {call.ref.N, groups > 0 ? groups : 1});
   {
     py::gil_scoped_release nogil;
-    normcpp::group_norm(call.ref, groups, w, b, e, saved.view());
+    normcpp::group_norm(call.ref, groups, w, b, e, saved.view(), act);
   }
   return saved.result(call.result());
 }
 
 py::object layer_norm_py(bool with_stats, py::object input, py::object normalized_shape, py::object weight,
-                         py::object bias, py::object eps, py::object out) {
+                         py::object bias, py::object eps, py::object out,
+                         py::object activation) {
   const double e = as_real(eps, "eps");
+  const Activation act = as_activation(activation, with_stats);
   RowsCall call = prepare_rows(input, normalized_shape, out);
   std::vector<py::array> keep;
   const ParamRef w = as_shaped_param(weight, "weight", call.norm_shape, keep);
@@ -102,7 +132,7 @@ py::object layer_norm_py(bool with_stats, py::object input, py::object normalize
   {
     py::gil_scoped_release nogil;
     normcpp::layer_norm(call.x.data(), call.y.mutable_data(), call.dtype, call.rows,
-                        call.row_len, w, b, e, saved.view());
+                        call.row_len, w, b, e, saved.view(), act);
   }
   return saved.result(call.result());
 }
@@ -158,15 +188,17 @@ void register_functional(py::module_& m) {
   def_forward<&batch_norm_py>(m, "batch_norm", py::arg("input"), py::arg("running_mean"),
                               py::arg("running_var"), py::arg("weight"), py::arg("bias"),
                               py::arg("training"), py::arg("momentum"), py::arg("eps"),
-                              py::arg("out"), py::arg("nonfinite"));
+                              py::arg("out"), py::arg("nonfinite"), py::arg("activation"));
   def_forward<&instance_norm_py>(m, "instance_norm", py::arg("input"), py::arg("running_mean"),
                                  py::arg("running_var"), py::arg("weight"), py::arg("bias"),
                                  py::arg("use_input_stats"), py::arg("momentum"), py::arg("eps"),
                                  py::arg("out"), py::arg("nonfinite"));
   def_forward<&group_norm_py>(m, "group_norm", py::arg("input"), py::arg("num_groups"),
-                              py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("out"));
+                              py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("out"),
+                              py::arg("activation"));
   def_forward<&layer_norm_py>(m, "layer_norm", py::arg("input"), py::arg("normalized_shape"),
-                              py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("out"));
+                              py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("out"),
+                              py::arg("activation"));
   def_forward<&rms_norm_py>(m, "rms_norm", py::arg("input"), py::arg("normalized_shape"),
                             py::arg("weight"), py::arg("eps"), py::arg("out"));
 }

@@ -29,13 +29,15 @@ struct TypedKernels {
   // whose common count is *count (updated).
   void (*cl_moments)(const T* x, std::int64_t rows, std::int64_t C, A* scratch, double* mean,
                      double* m2, double* count);
-  // y[i] = (x[i] - m) * a + b.
-  void (*apply_scalar)(const T* x, T* y, std::int64_t n, A m, A a, A b);
-  // Channels-last rows x C: y[r][c] = (x[r][c] - M[c]) * S[c] + B[c].
+  // The apply kernels end with activation `act` (normcpp::Activation as int; 0 = none).
+  // y[i] = act((x[i] - m) * a + b).
+  void (*apply_scalar)(const T* x, T* y, std::int64_t n, A m, A a, A b, int act);
+  // Channels-last rows x C: y[r][c] = act((x[r][c] - M[c]) * S[c] + B[c]).
   void (*apply_cl)(const T* x, T* y, std::int64_t rows, std::int64_t C, const A* M, const A* S,
-                   const A* B, A* scratch);
-  // One row: y[j] = (x[j] - m) * s * W[j] + B[j]; W and/or B may be null (1 and 0).
-  void (*apply_row)(const T* x, T* y, std::int64_t n, A m, A s, const A* W, const A* B);
+                   const A* B, A* scratch, int act);
+  // One row: y[j] = act((x[j] - m) * s * W[j] + B[j]); W and/or B may be null (1 and 0).
+  void (*apply_row)(const T* x, T* y, std::int64_t n, A m, A s, const A* W, const A* B,
+                    int act);
 
   // ---- backward
   // out[0] = sum dy * W, out[1] = sum dy * W * (x - m) over n elements (W null: 1); block

@@ -46,7 +46,7 @@ namespace {
 // the statistics are computed.
 template <bool Stats, bool Apply, class T, class Finish>
 void channel_pass(const NCSRef& t, Finish finish, const typename Kern<T>::A* M,
-                  const typename Kern<T>::A* Sc, const typename Kern<T>::A* B) {
+                  const typename Kern<T>::A* Sc, const typename Kern<T>::A* B, int act = 0) {
   using A = typename Kern<T>::A;
   const auto& k = Kern<T>::get();
   const T* x = static_cast<const T*>(t.x);
@@ -59,7 +59,7 @@ void channel_pass(const NCSRef& t, Finish finish, const typename Kern<T>::A* M,
         [&](i64 c, i64 e0, i64 e1) {
           if constexpr (Apply)
             for_pieces(g, c, e0, e1, [&](i64 off, i64 len) {
-              k.apply_scalar(x + off, y + off, len, M[c], Sc[c], B[c]);
+              k.apply_scalar(x + off, y + off, len, M[c], Sc[c], B[c], act);
             });
         });
     return;
@@ -75,7 +75,7 @@ void channel_pass(const NCSRef& t, Finish finish, const typename Kern<T>::A* M,
       },
       [&](i64, i64 r0, i64 r1, A* scr) {
         if constexpr (Apply)
-          k.apply_cl(x + r0 * C, y + r0 * C, r1 - r0, C, M, Sc, B, scr);
+          k.apply_cl(x + r0 * C, y + r0 * C, r1 - r0, C, M, Sc, B, scr, act);
       });
 }
 
@@ -127,7 +127,7 @@ void write_saved(SavedStats saved, const std::vector<double>& mean, const std::v
 // ------------------------------------------------------------------------------ the ops
 template <class T>
 void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight, ParamRef bias,
-                  bool training, double eps, SavedStats saved) {
+                  bool training, double eps, SavedStats saved, int act) {
   using A = typename Kern<T>::A;
   const i64 C = t.C, n = t.N * t.S;
   const std::vector<double> w = param_vector_d(weight, C, 1.0), b = param_vector_d(bias, C, 0.0);
@@ -138,7 +138,7 @@ void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight
   };
   if (!training) {
     for (i64 c = 0; c < C; ++c) finish(c, Moments{1.0, running.mean.get(c), running.var.get(c)});
-    channel_pass<false, true, T>(t, finish, cf.M.data(), cf.Sc.data(), cf.B.data());
+    channel_pass<false, true, T>(t, finish, cf.M.data(), cf.Sc.data(), cf.B.data(), act);
     write_saved(saved, cf.mean, cf.var, eps);
     return;
   }
@@ -175,7 +175,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
         [&](i64 s, i64 e0, i64 e1) {
           const auto u = static_cast<std::size_t>(s);
           const i64 off = s * S + e0;
-          k.apply_scalar(x + off, y + off, e1 - e0, cf.M[u], cf.Sc[u], cf.B[u]);
+          k.apply_scalar(x + off, y + off, e1 - e0, cf.M[u], cf.Sc[u], cf.B[u], 0);
         });
   } else {
     cl_driver<true, A>(
@@ -191,7 +191,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
           const i64 off = (s * S + r0) * C;
           const auto u = static_cast<std::size_t>(s * C);
           k.apply_cl(x + off, y + off, r1 - r0, C, cf.M.data() + u, cf.Sc.data() + u,
-                     cf.B.data() + u, scr);
+                     cf.B.data() + u, scr, 0);
         });
   }
   if (slots * S == 0) return;
@@ -213,7 +213,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
 
 template <class T>
 void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double eps,
-                  SavedStats saved) {
+                  SavedStats saved, int act) {
   using A = typename Kern<T>::A;
   const auto& k = Kern<T>::get();
   const i64 N = t.N, C = t.C, S = t.S, Cg = C / G, slots = N * G;
@@ -244,7 +244,7 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
             const i64 len = (end < e1 ? end : e1) - e0;
             const auto u = static_cast<std::size_t>(nc0 + e0 / S);
             const i64 off = slot * Cg * S + e0;
-            k.apply_scalar(x + off, y + off, len, cf.M[u], cf.Sc[u], cf.B[u]);
+            k.apply_scalar(x + off, y + off, len, cf.M[u], cf.Sc[u], cf.B[u], act);
             e0 += len;
           }
         });
@@ -267,7 +267,7 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
           const i64 off = (s * S + r0) * C;
           const auto u = static_cast<std::size_t>(s * C);
           k.apply_cl(x + off, y + off, r1 - r0, C, cf.M.data() + u, cf.Sc.data() + u,
-                     cf.B.data() + u, scr);
+                     cf.B.data() + u, scr, act);
         });
   }
   if (slots * Cg * S == 0) return;
@@ -276,7 +276,7 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
 
 template <class T>
 void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, ParamRef bias,
-                double eps, SavedStats saved, bool rms) {
+                double eps, SavedStats saved, bool rms, int act) {
   using A = typename Kern<T>::A;
   const auto& k = Kern<T>::get();
   const T* x = static_cast<const T*>(xv);
@@ -297,7 +297,7 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
     const auto i = static_cast<std::size_t>(r);
     const i64 off = r * L + e0;
     k.apply_row(x + off, y + off, e1 - e0, Mr[i], Ir[i], W.empty() ? nullptr : W.data() + e0,
-                B.empty() ? nullptr : B.data() + e0);
+                B.empty() ? nullptr : B.data() + e0, act);
   };
   const RunGeom g{rows, 1, L, 0, L};
   if (rms) {
@@ -320,7 +320,7 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
 }  // namespace ops
 
 void batch_norm(const NCSRef& t, const RunningUpdate& running, ParamRef weight, ParamRef bias,
-                bool training, double eps, SavedStats saved) {
+                bool training, double eps, SavedStats saved, Activation act) {
   ops::check_ncs(t);
   ops::check_eps(eps);
   ops::check_momentum(running.momentum);
@@ -329,11 +329,14 @@ void batch_norm(const NCSRef& t, const RunningUpdate& running, ParamRef weight, 
   ops::check_param(bias, "bias", t.C, "channel");
   if (!training && !running.mean.present())
     ops::fail("running_mean and running_var are required when training=False");
+  if (training && act != Activation::none)
+    ops::fail("activation is fused only in inference: use training=False (eval mode)");
   if (training && t.N * t.S == 1)
     ops::fail("Expected more than 1 value per channel when training, got input with N=" +
               ops::str(t.N) + " and 1 spatial position");
   ops::by_dtype(t.dtype, [&](auto tag) {
-    ops::batch_norm_t<decltype(tag)>(t, running, weight, bias, training, eps, saved);
+    ops::batch_norm_t<decltype(tag)>(t, running, weight, bias, training, eps, saved,
+                                     static_cast<int>(act));
   });
 }
 
@@ -376,7 +379,7 @@ void instance_norm(const NCSRef& t, const RunningUpdate& running, ParamRef weigh
 }
 
 void group_norm(const NCSRef& t, std::int64_t groups, ParamRef weight, ParamRef bias,
-                double eps, SavedStats saved) {
+                double eps, SavedStats saved, Activation act) {
   ops::check_ncs(t);
   ops::check_eps(eps);
   if (groups <= 0) ops::fail("num_groups must be > 0, got " + ops::str(groups));
@@ -386,18 +389,19 @@ void group_norm(const NCSRef& t, std::int64_t groups, ParamRef weight, ParamRef 
   ops::check_param(weight, "weight", t.C, "channel");
   ops::check_param(bias, "bias", t.C, "channel");
   ops::by_dtype(t.dtype, [&](auto tag) {
-    ops::group_norm_t<decltype(tag)>(t, groups, weight, bias, eps, saved);
+    ops::group_norm_t<decltype(tag)>(t, groups, weight, bias, eps, saved, static_cast<int>(act));
   });
 }
 
 void layer_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int64_t row_len,
-                ParamRef weight, ParamRef bias, double eps, SavedStats saved) {
+                ParamRef weight, ParamRef bias, double eps, SavedStats saved, Activation act) {
   ops::check_eps(eps);
   if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
   ops::check_param(weight, "weight", row_len, "normalized element");
   ops::check_param(bias, "bias", row_len, "normalized element");
   ops::by_dtype(dtype, [&](auto tag) {
-    ops::row_norm_t<decltype(tag)>(x, y, rows, row_len, weight, bias, eps, saved, false);
+    ops::row_norm_t<decltype(tag)>(x, y, rows, row_len, weight, bias, eps, saved, false,
+                                   static_cast<int>(act));
   });
 }
 
@@ -407,7 +411,7 @@ void rms_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int64
   if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
   ops::check_param(weight, "weight", row_len, "normalized element");
   ops::by_dtype(dtype, [&](auto tag) {
-    ops::row_norm_t<decltype(tag)>(x, y, rows, row_len, weight, ParamRef{}, eps, saved, true);
+    ops::row_norm_t<decltype(tag)>(x, y, rows, row_len, weight, ParamRef{}, eps, saved, true, 0);
   });
 }
 

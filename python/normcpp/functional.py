@@ -50,6 +50,7 @@ def batch_norm(
     *,
     out: Optional[np.ndarray] = None,
     nonfinite: str = "raise",
+    activation: Optional[str] = None,
 ) -> np.ndarray:
     """Batch normalization over (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W).
 
@@ -81,7 +82,7 @@ def batch_norm(
     True
     """
     return _core.batch_norm(input, running_mean, running_var, weight, bias, training,
-                            momentum, eps, out, nonfinite)
+                            momentum, eps, out, nonfinite, activation)
 
 
 def instance_norm(
@@ -124,9 +125,11 @@ def group_norm(
     eps: float = 1e-5,
     *,
     out: Optional[np.ndarray] = None,
+    activation: Optional[str] = None,
 ) -> np.ndarray:
     """Group normalization: each (sample, group of C/num_groups channels) over the group's
-    channels and spatial positions; ``weight``/``bias`` are per channel.
+    channels and spatial positions; ``weight``/``bias`` are per channel. ``activation`` as in
+    :func:`batch_norm`.
 
     Examples
     --------
@@ -136,7 +139,7 @@ def group_norm(
     >>> y.shape
     (2, 6, 5)
     """
-    return _core.group_norm(input, num_groups, weight, bias, eps, out)
+    return _core.group_norm(input, num_groups, weight, bias, eps, out, activation)
 
 
 def layer_norm(
@@ -147,9 +150,11 @@ def layer_norm(
     eps: float = 1e-5,
     *,
     out: Optional[np.ndarray] = None,
+    activation: Optional[str] = None,
 ) -> np.ndarray:
     """Layer normalization over the trailing ``normalized_shape`` dims of ``input``;
-    ``weight``/``bias`` have shape ``normalized_shape``.
+    ``weight``/``bias`` have shape ``normalized_shape``. ``activation`` as in
+    :func:`batch_norm`.
 
     Examples
     --------
@@ -159,7 +164,7 @@ def layer_norm(
     >>> np.allclose(y.std(axis=1), 1, atol=1e-3)
     True
     """
-    return _core.layer_norm(input, normalized_shape, weight, bias, eps, out)
+    return _core.layer_norm(input, normalized_shape, weight, bias, eps, out, activation)
 
 
 def rms_norm(
@@ -218,7 +223,7 @@ def batch_norm_forward(
     ((3,), dtype('float64'))
     """
     return _core.batch_norm_forward(input, running_mean, running_var, weight, bias, training,
-                                    momentum, eps, out, nonfinite)
+                                    momentum, eps, out, nonfinite, None)
 
 
 def batch_norm_backward(
@@ -292,7 +297,7 @@ def group_norm_forward(
     out: Optional[np.ndarray] = None,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`group_norm` that also returns ``(save_mean, save_invstd)``, float64 (N, G)."""
-    return _core.group_norm_forward(input, num_groups, weight, bias, eps, out)
+    return _core.group_norm_forward(input, num_groups, weight, bias, eps, out, None)
 
 
 def group_norm_backward(
@@ -321,7 +326,7 @@ def layer_norm_forward(
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`layer_norm` that also returns ``(save_mean, save_invstd)``, float64 with the
     input's leading shape (``input.shape[:-len(normalized_shape)]``)."""
-    return _core.layer_norm_forward(input, normalized_shape, weight, bias, eps, out)
+    return _core.layer_norm_forward(input, normalized_shape, weight, bias, eps, out, None)
 
 
 def layer_norm_backward(

@@ -18,6 +18,10 @@ namespace normcpp {
 enum class DType : int { f16 = 0, f32 = 1, f64 = 2 };
 enum class Layout : int { contiguous = 0, channels_last = 1 };
 
+// Activation fused into the output pass of an inference-mode norm (no second memory pass).
+// gelu is the exact (erf) form, as PyTorch's default.
+enum class Activation : int { none = 0, relu = 1, relu6 = 2, silu = 3, gelu = 4 };
+
 // A read-only 1-D parameter (weight, bias, running stats in eval). data == nullptr: absent.
 struct ParamRef {
   const void* data = nullptr;
@@ -68,8 +72,10 @@ struct RunningUpdate {
 // BatchNorm: statistics per channel over N and S. training: batch statistics (biased variance)
 // and, if running stats are given, their update with the unbiased variance. Otherwise the
 // running statistics normalize. saved (training only) receives per-channel mean and invstd.
+// act (eval mode only) is applied to the output in the same pass.
 void batch_norm(const NCSRef& t, const RunningUpdate& running, ParamRef weight, ParamRef bias,
-                bool training, double eps, SavedStats saved = {});
+                bool training, double eps, SavedStats saved = {},
+                Activation act = Activation::none);
 
 // InstanceNorm: statistics per (n, c) over S. With use_input_stats and running stats, the
 // running stats get the batch mean of the instance means/unbiased variances.
@@ -78,11 +84,12 @@ void instance_norm(const NCSRef& t, const RunningUpdate& running, ParamRef weigh
 
 // GroupNorm: statistics per (n, group of C/groups channels) over those channels and S.
 void group_norm(const NCSRef& t, std::int64_t groups, ParamRef weight, ParamRef bias,
-                double eps, SavedStats saved = {});
+                double eps, SavedStats saved = {}, Activation act = Activation::none);
 
 // LayerNorm over rows of row_len contiguous elements; weight/bias are per element (row_len).
 void layer_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int64_t row_len,
-                ParamRef weight, ParamRef bias, double eps, SavedStats saved = {});
+                ParamRef weight, ParamRef bias, double eps, SavedStats saved = {},
+                Activation act = Activation::none);
 
 // RMSNorm: y = x / sqrt(mean(x^2) + eps) * weight. saved.invstd receives 1/rms per row.
 void rms_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int64_t row_len,
