@@ -18,11 +18,14 @@ import os as _os
 if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "10000"
 
-from . import _core  # noqa: E402
+from . import (
+    _core,
+    functional,
+    onnx,
+)
 from ._config import config, get_num_threads, set_num_threads
-from . import functional, onnx
 from .fold import fold_batchnorm
-from .functional import *  # noqa: F403 (the functional API, listed in functional.__all__)
+from .functional import *
 from .interop import BatchNormNd, from_keras_batchnorm, from_torch
 from .modules import (
     BatchNorm1d,
@@ -39,7 +42,25 @@ from .modules import (
 
 __version__: str = _core.__version__
 
-__all__ = sorted(functional.__all__) + [
+__all__ = [  # noqa: RUF022 (grouped: functional API, then modules and tools)
+    "batch_norm",
+    "batch_norm_backward",
+    "batch_norm_backward_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_forward",
+    "batch_norm_stats",
+    "group_norm",
+    "group_norm_backward",
+    "group_norm_forward",
+    "instance_norm",
+    "instance_norm_backward",
+    "instance_norm_forward",
+    "layer_norm",
+    "layer_norm_backward",
+    "layer_norm_forward",
+    "rms_norm",
+    "rms_norm_backward",
+    "rms_norm_forward",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Dict
+from typing import Any
 
 from . import _core
 
@@ -36,7 +36,7 @@ def _apply_environment() -> None:
             _core.set_num_threads(n)
 
 
-def config() -> Dict[str, Any]:
+def config() -> dict[str, Any]:
     """What this build is and how it runs.
 
     Returns

@@ -7,7 +7,8 @@ whole computation and changes nothing when it raises.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import numpy as np
 
@@ -35,22 +36,22 @@ __all__ = [
 ]
 
 ShapeLike = Union[int, Sequence[int]]
-Grads = Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]
+Grads = tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]
 
 
 def batch_norm(
     input: np.ndarray,
-    running_mean: Optional[np.ndarray] = None,
-    running_var: Optional[np.ndarray] = None,
-    weight: Optional[np.ndarray] = None,
-    bias: Optional[np.ndarray] = None,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
     *,
-    out: Optional[np.ndarray] = None,
+    out: np.ndarray | None = None,
     nonfinite: str = "raise",
-    activation: Optional[str] = None,
+    activation: str | None = None,
 ) -> np.ndarray:
     """Batch normalization over (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W).
 
@@ -87,15 +88,15 @@ def batch_norm(
 
 def instance_norm(
     input: np.ndarray,
-    running_mean: Optional[np.ndarray] = None,
-    running_var: Optional[np.ndarray] = None,
-    weight: Optional[np.ndarray] = None,
-    bias: Optional[np.ndarray] = None,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
     use_input_stats: bool = True,
     momentum: float = 0.1,
     eps: float = 1e-5,
     *,
-    out: Optional[np.ndarray] = None,
+    out: np.ndarray | None = None,
     nonfinite: str = "raise",
 ) -> np.ndarray:
     """Instance normalization: each (sample, channel) over its spatial positions.
@@ -120,12 +121,12 @@ def instance_norm(
 def group_norm(
     input: np.ndarray,
     num_groups: int,
-    weight: Optional[np.ndarray] = None,
-    bias: Optional[np.ndarray] = None,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
     eps: float = 1e-5,
     *,
-    out: Optional[np.ndarray] = None,
-    activation: Optional[str] = None,
+    out: np.ndarray | None = None,
+    activation: str | None = None,
 ) -> np.ndarray:
     """Group normalization: each (sample, group of C/num_groups channels) over the group's
     channels and spatial positions; ``weight``/``bias`` are per channel. ``activation`` as in
@@ -145,12 +146,12 @@ def group_norm(
 def layer_norm(
     input: np.ndarray,
     normalized_shape: ShapeLike,
-    weight: Optional[np.ndarray] = None,
-    bias: Optional[np.ndarray] = None,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
     eps: float = 1e-5,
     *,
-    out: Optional[np.ndarray] = None,
-    activation: Optional[str] = None,
+    out: np.ndarray | None = None,
+    activation: str | None = None,
 ) -> np.ndarray:
     """Layer normalization over the trailing ``normalized_shape`` dims of ``input``;
     ``weight``/``bias`` have shape ``normalized_shape``. ``activation`` as in
@@ -170,10 +171,10 @@ def layer_norm(
 def rms_norm(
     input: np.ndarray,
     normalized_shape: ShapeLike,
-    weight: Optional[np.ndarray] = None,
-    eps: Optional[float] = None,
+    weight: np.ndarray | None = None,
+    eps: float | None = None,
     *,
-    out: Optional[np.ndarray] = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Root-mean-square normalization over the trailing ``normalized_shape`` dims:
     ``x / sqrt(mean(x**2) + eps) * weight``. ``eps=None`` uses ``np.finfo(input.dtype).eps``
@@ -199,17 +200,17 @@ def rms_norm(
 
 def batch_norm_forward(
     input: np.ndarray,
-    running_mean: Optional[np.ndarray] = None,
-    running_var: Optional[np.ndarray] = None,
-    weight: Optional[np.ndarray] = None,
-    bias: Optional[np.ndarray] = None,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
     *,
-    out: Optional[np.ndarray] = None,
+    out: np.ndarray | None = None,
     nonfinite: str = "raise",
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`batch_norm` that also returns ``(save_mean, save_invstd)``, float64 (C,).
 
     In eval mode these are the running mean and ``1/sqrt(running_var + eps)``.
@@ -229,12 +230,12 @@ def batch_norm_forward(
 def batch_norm_backward(
     grad_output: np.ndarray,
     input: np.ndarray,
-    weight: Optional[np.ndarray],
+    weight: np.ndarray | None,
     save_mean: np.ndarray,
     save_invstd: np.ndarray,
     training: bool = True,
     *,
-    has_bias: Optional[bool] = None,
+    has_bias: bool | None = None,
 ) -> Grads:
     """Gradients of :func:`batch_norm`. ``training=True``: through the batch statistics
     (what ``batch_norm_forward(..., training=True)`` saved); ``False``: of the frozen affine map
@@ -256,17 +257,17 @@ def batch_norm_backward(
 
 def instance_norm_forward(
     input: np.ndarray,
-    running_mean: Optional[np.ndarray] = None,
-    running_var: Optional[np.ndarray] = None,
-    weight: Optional[np.ndarray] = None,
-    bias: Optional[np.ndarray] = None,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
     use_input_stats: bool = True,
     momentum: float = 0.1,
     eps: float = 1e-5,
     *,
-    out: Optional[np.ndarray] = None,
+    out: np.ndarray | None = None,
     nonfinite: str = "raise",
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`instance_norm` that also returns ``(save_mean, save_invstd)``, float64 (N, C)."""
     return _core.instance_norm_forward(input, running_mean, running_var, weight, bias,
                                        use_input_stats, momentum, eps, out, nonfinite)
@@ -275,11 +276,11 @@ def instance_norm_forward(
 def instance_norm_backward(
     grad_output: np.ndarray,
     input: np.ndarray,
-    weight: Optional[np.ndarray],
+    weight: np.ndarray | None,
     save_mean: np.ndarray,
     save_invstd: np.ndarray,
     *,
-    has_bias: Optional[bool] = None,
+    has_bias: bool | None = None,
 ) -> Grads:
     """Gradients of :func:`instance_norm` with input statistics (see :func:`batch_norm_backward`
     with ``training=False`` for running statistics)."""
@@ -290,12 +291,12 @@ def instance_norm_backward(
 def group_norm_forward(
     input: np.ndarray,
     num_groups: int,
-    weight: Optional[np.ndarray] = None,
-    bias: Optional[np.ndarray] = None,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
     eps: float = 1e-5,
     *,
-    out: Optional[np.ndarray] = None,
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`group_norm` that also returns ``(save_mean, save_invstd)``, float64 (N, G)."""
     return _core.group_norm_forward(input, num_groups, weight, bias, eps, out, None)
 
@@ -304,11 +305,11 @@ def group_norm_backward(
     grad_output: np.ndarray,
     input: np.ndarray,
     num_groups: int,
-    weight: Optional[np.ndarray],
+    weight: np.ndarray | None,
     save_mean: np.ndarray,
     save_invstd: np.ndarray,
     *,
-    has_bias: Optional[bool] = None,
+    has_bias: bool | None = None,
 ) -> Grads:
     """Gradients of :func:`group_norm`."""
     return _core.group_norm_backward(grad_output, input, num_groups, weight, save_mean,
@@ -318,12 +319,12 @@ def group_norm_backward(
 def layer_norm_forward(
     input: np.ndarray,
     normalized_shape: ShapeLike,
-    weight: Optional[np.ndarray] = None,
-    bias: Optional[np.ndarray] = None,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
     eps: float = 1e-5,
     *,
-    out: Optional[np.ndarray] = None,
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`layer_norm` that also returns ``(save_mean, save_invstd)``, float64 with the
     input's leading shape (``input.shape[:-len(normalized_shape)]``)."""
     return _core.layer_norm_forward(input, normalized_shape, weight, bias, eps, out, None)
@@ -333,11 +334,11 @@ def layer_norm_backward(
     grad_output: np.ndarray,
     input: np.ndarray,
     normalized_shape: ShapeLike,
-    weight: Optional[np.ndarray],
+    weight: np.ndarray | None,
     save_mean: np.ndarray,
     save_invstd: np.ndarray,
     *,
-    has_bias: Optional[bool] = None,
+    has_bias: bool | None = None,
 ) -> Grads:
     """Gradients of :func:`layer_norm`; grad_weight/grad_bias have ``normalized_shape``."""
     return _core.layer_norm_backward(grad_output, input, normalized_shape, weight, save_mean,
@@ -347,11 +348,11 @@ def layer_norm_backward(
 def rms_norm_forward(
     input: np.ndarray,
     normalized_shape: ShapeLike,
-    weight: Optional[np.ndarray] = None,
-    eps: Optional[float] = None,
+    weight: np.ndarray | None = None,
+    eps: float | None = None,
     *,
-    out: Optional[np.ndarray] = None,
-) -> Tuple[np.ndarray, np.ndarray]:
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`rms_norm` that also returns ``save_invrms = 1/sqrt(mean(x**2) + eps)`` per row."""
     return _core.rms_norm_forward(input, normalized_shape, weight, eps, out)
 
@@ -360,14 +361,14 @@ def rms_norm_backward(
     grad_output: np.ndarray,
     input: np.ndarray,
     normalized_shape: ShapeLike,
-    weight: Optional[np.ndarray],
+    weight: np.ndarray | None,
     save_invrms: np.ndarray,
-) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Gradients ``(grad_input, grad_weight)`` of :func:`rms_norm`."""
     return _core.rms_norm_backward(grad_output, input, normalized_shape, weight, save_invrms)
 
 
-def batch_norm_stats(input: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def batch_norm_stats(input: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact per-channel ``(count, mean, m2)`` (float64, M2 = sum of squared deviations) over
     N and the spatial dims — the statistics SyncBatchNorm merges across processes.
 
@@ -383,7 +384,7 @@ def batch_norm_stats(input: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndar
 
 def batch_norm_backward_reduce(
     grad_output: np.ndarray, input: np.ndarray, mean: np.ndarray, invstd: np.ndarray
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel ``(sum(dy), sum(dy * xhat))``, float64, with ``xhat = (x - mean) * invstd``."""
     return _core.batch_norm_backward_reduce(grad_output, input, mean, invstd)
 
@@ -391,7 +392,7 @@ def batch_norm_backward_reduce(
 def batch_norm_backward_elemt(
     grad_output: np.ndarray,
     input: np.ndarray,
-    weight: Optional[np.ndarray],
+    weight: np.ndarray | None,
     mean: np.ndarray,
     invstd: np.ndarray,
     sum_dy: np.ndarray,
