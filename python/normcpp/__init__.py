@@ -20,7 +20,7 @@ if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
 
 from . import (
     _core,
-    functional,
+    functional,  # noqa: F401 (normcpp.functional stays importable as an attribute)
     onnx,
 )
 from ._config import config, get_num_threads, set_num_threads

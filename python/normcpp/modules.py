@@ -7,6 +7,12 @@ Every module keeps its parameters (``weight``, ``bias``) and buffers (``running_
 A failed call changes nothing: ``forward`` validates before it computes and counts the batch
 only after the computation succeeded; ``load_state_dict`` validates every value before it
 assigns any.
+
+Training: every ``forward`` remembers what its backward needs (a reference to the input and the
+per-slot mean and inverse standard deviation, never a copy), and :meth:`Module.backward` turns
+the gradient of the output into the gradient of the input and sets ``grad_weight`` and
+``grad_bias``. BatchNorm modules can be frozen (``freeze()``/``unfreeze()``) for transfer
+learning.
 """
 
 from __future__ import annotations
@@ -38,6 +44,26 @@ __all__ = [
 
 DTypeLike = Union[np.dtype, type, str]
 ShapeLike = Union[int, Sequence[int]]
+
+
+class _Saved(NamedTuple):
+    """What a forward keeps for :meth:`Module.backward` (references, not copies).
+
+    ``kind`` names the backward: ``"batch"`` (through batch statistics), ``"affine"`` (the
+    frozen per-channel map of eval/frozen BatchNorm and eval InstanceNorm), ``"instance"``,
+    ``"group"``, ``"layer"``, ``"rms"`` and ``"sync"`` (SyncBatchNorm across ranks).
+    """
+
+    kind: str
+    input: np.ndarray  # the array the kernel saw (unbatched InstanceNorm input gets an N axis)
+    mean: np.ndarray | None  # float64 per slot (None for rms)
+    invstd: np.ndarray  # float64 per slot
+    weight: np.ndarray | None
+    has_bias: bool
+    shape: tuple[int, ...]  # the caller's input shape, which grad_output must have
+    dtype: np.dtype  # the caller's input dtype, which grad_output must have
+    overwritten: bool  # forward wrote its output over (part of) its input
+    extra: Any = None  # kind-specific (SyncBatchNorm: communicator and global count)
 
 
 class _IncompatibleKeys(NamedTuple):
@@ -121,6 +147,20 @@ def _check_normalized_shape(normalized_shape: Any) -> tuple[int, ...]:
 def _check_ndarray(input: Any) -> None:
     if not isinstance(input, np.ndarray):
         raise TypeError(f"input must be a numpy.ndarray, got {type(input).__name__}")
+
+
+def _overlaps(out: np.ndarray | None, input: np.ndarray) -> bool:
+    """Whether a forward with ``out`` may have overwritten ``input`` (bounds check, O(1))."""
+    return isinstance(out, np.ndarray) and np.may_share_memory(out, input)
+
+
+def _frozen_stats(
+    running_mean: np.ndarray, running_var: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel float64 ``(mean, 1 / sqrt(var + eps))`` of running statistics."""
+    mean = np.asarray(running_mean, dtype=np.float64)
+    invstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
+    return mean, invstd
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,6 +248,11 @@ class Module:
     def __init__(self, *, dtype: DTypeLike = np.float32) -> None:
         self._dtype: np.dtype = _check_dtype(dtype)
         self.training: bool = True
+        #: Gradient of the loss with respect to ``weight``, set by :meth:`backward`.
+        self.grad_weight: np.ndarray | None = None
+        #: Gradient of the loss with respect to ``bias``, set by :meth:`backward`.
+        self.grad_bias: np.ndarray | None = None
+        self._saved: _Saved | None = None
 
     @property
     def dtype(self) -> np.dtype:
@@ -221,6 +266,122 @@ class Module:
     def __call__(self, input: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
         """Same as :meth:`forward`."""
         return self.forward(input, out=out)
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """Gradient of the loss with respect to the input of the last :meth:`forward`.
+
+        Uses what the last successful ``forward`` saved: in training mode (or whenever the
+        module normalized with the statistics of its input) the gradient flows through those
+        statistics; after an eval-mode forward of BatchNorm/InstanceNorm, or a forward of a
+        frozen BatchNorm, it is the gradient of the frozen per-channel affine map
+        ``y = (x - running_mean) * weight / sqrt(running_var + eps) + bias``.
+
+        Sets ``grad_weight`` and ``grad_bias`` (``None`` where the module has no such
+        parameter). They are *set*, not accumulated as in PyTorch: each call replaces them.
+        ``backward`` may be called again (for another ``grad_output``) until the next forward.
+
+        The forward keeps a *reference* to its input, not a copy: changing the input in place
+        between forward and backward changes the gradient (as an in-place op would in
+        PyTorch), and a forward that wrote its output over its input (``out=input``) cannot be
+        differentiated. The weight array is referenced too, so updating it in place before
+        ``backward`` changes the gradient: step the optimizer after ``backward``.
+
+        Parameters
+        ----------
+        grad_output : ndarray
+            Gradient of the loss with respect to the output; the shape and dtype of the
+            forward's input (any memory layout).
+
+        Returns
+        -------
+        ndarray
+            Gradient with respect to the input, of the input's shape and dtype.
+
+        Raises
+        ------
+        RuntimeError
+            No forward was run yet, or the forward overwrote its input (``out=input``).
+        TypeError
+            ``grad_output`` is not an ndarray or its dtype differs from the input's.
+        ValueError
+            ``grad_output`` has another shape than the input.
+
+        Examples
+        --------
+        >>> import numpy as np, normcpp as nc
+        >>> m = nc.LayerNorm(4, dtype=np.float64)
+        >>> x = np.random.default_rng(0).standard_normal((2, 4))
+        >>> y = m(x)
+        >>> dx = m.backward(np.ones_like(y))  # loss = y.sum()
+        >>> bool(np.allclose(dx, 0.0)), m.grad_bias.tolist()
+        (True, [2.0, 2.0, 2.0, 2.0])
+        """
+        saved = self._saved_for_backward(grad_output)
+        dx, dw, db = self._backward(saved, grad_output)
+        self.grad_weight, self.grad_bias = dw, db
+        return dx
+
+    def _saved_for_backward(self, grad_output: Any) -> _Saved:
+        """The saved forward state, after checking that ``grad_output`` fits it."""
+        saved = self._saved
+        name = type(self).__name__
+        if saved is None:
+            raise RuntimeError(
+                f"{name}.backward() called before forward(): run a forward pass first"
+            )
+        if saved.overwritten:
+            raise RuntimeError(
+                f"{name}.backward(): the last forward wrote its output over its input "
+                "(out=input), so the input it needs is gone; run the forward with a separate "
+                "out to differentiate it"
+            )
+        if not isinstance(grad_output, np.ndarray):
+            raise TypeError(
+                f"grad_output must be a numpy.ndarray, got {type(grad_output).__name__}"
+            )
+        if grad_output.dtype != saved.dtype:
+            raise TypeError(
+                f"grad_output must have the forward input's dtype {saved.dtype}, "
+                f"got {grad_output.dtype}"
+            )
+        if grad_output.shape != saved.shape:
+            raise ValueError(
+                f"grad_output must have the forward input's shape {saved.shape}, "
+                f"got {grad_output.shape}"
+            )
+        return saved
+
+    def _backward(
+        self, saved: _Saved, grad_output: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(grad_input, grad_weight, grad_bias)`` from checked state (by subclasses)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def _save(
+        self,
+        kind: str,
+        input: np.ndarray,
+        mean: np.ndarray | None,
+        invstd: np.ndarray,
+        out: np.ndarray | None,
+        *,
+        caller_input: np.ndarray | None = None,
+        extra: Any = None,
+    ) -> None:
+        """Remember a successful forward for :meth:`backward` (references only)."""
+        caller = input if caller_input is None else caller_input
+        self._saved = _Saved(
+            kind=kind,
+            input=input,
+            mean=mean,
+            invstd=invstd,
+            weight=getattr(self, "weight", None),
+            has_bias=getattr(self, "bias", None) is not None,
+            shape=tuple(caller.shape),
+            dtype=caller.dtype,
+            overwritten=_overlaps(out, caller),
+            extra=extra,
+        )
 
     def train(self, mode: bool = True) -> Self:
         """Set training mode (``True``) or evaluation mode (``False``); returns ``self``.
@@ -548,12 +709,144 @@ class _NormBase(Module):
             )
 
 
+class _Recorder:
+    """Exact moments of every batch a BatchNorm sees while recalibrating (Chan merge, float64).
+
+    Used by :func:`normcpp.recalibrate`; merged in the order the batches arrive.
+    """
+
+    def __init__(self) -> None:
+        self.count: np.ndarray | None = None
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+        self.batches: int = 0
+
+    def add(self, count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
+        if self.count is None:
+            self.count, self.mean, self.m2 = count.copy(), mean.copy(), m2.copy()
+        else:
+            self.count, self.mean, self.m2 = _chan_merge(
+                (self.count, self.mean, self.m2), (count, mean, m2)
+            )
+        self.batches += 1
+
+
+def _chan_merge(
+    a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chan et al.'s exact merge of two sets of per-channel float64 ``(count, mean, M2)``.
+
+    ``mean = mean_a + delta * n_b / n``, ``M2 = M2_a + M2_b + delta**2 * n_a * n_b / n`` with
+    ``delta = mean_b - mean_a``; an empty side (count 0) leaves the other unchanged. The same
+    inputs in the same order give bitwise-identical results on every machine.
+    """
+    na, ma, m2a = a
+    nb, mb, m2b = b
+    n = na + nb
+    frac = np.divide(nb, n, out=np.zeros_like(n), where=n > 0)
+    delta = mb - ma
+    mean = ma + delta * frac
+    m2 = m2a + m2b + delta * delta * (na * frac)
+    return n, mean, m2
+
+
+def _local_moments(input: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact per-channel float64 ``(count, mean, M2)`` of ``input`` (N, C, *); an empty
+    input gives count 0, mean 0, M2 0."""
+    c = input.shape[1]
+    if input.size == 0:
+        return np.zeros(c), np.zeros(c), np.zeros(c)
+    count, mean, m2 = F.batch_norm_stats(input)
+    return (np.asarray(count, dtype=np.float64), np.asarray(mean, dtype=np.float64),
+            np.asarray(m2, dtype=np.float64))
+
+
+def _total_count(count: np.ndarray) -> int:
+    """The element count per channel (the same for every channel)."""
+    return int(count[0]) if count.size else 0
+
+
 class _BatchNorm(_NormBase):
     """Batch normalization: per-channel statistics over the batch and spatial dims.
 
     Batch statistics are used in training mode and whenever the module has no running
-    statistics; the running statistics are updated in training mode when tracked.
+    statistics; the running statistics are updated in training mode when tracked. A frozen
+    module (:meth:`freeze`) always normalizes with its running statistics and never updates
+    them.
     """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        dtype: DTypeLike = np.float32,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype,
+                         bias=bias)
+        self._frozen: bool = False
+        self._recorder: _Recorder | None = None  # set while normcpp.recalibrate records
+
+    # freezing -------------------------------------------------------------------------------
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the module is frozen (see :meth:`freeze`)."""
+        return self._frozen
+
+    def freeze(self) -> Self:
+        """Freeze the running statistics; returns ``self``.
+
+        A frozen BatchNorm normalizes with its running statistics in training *and* eval
+        mode and never updates them (nor ``num_batches_tracked``); :meth:`train` does not
+        unfreeze it. :meth:`backward` then gives the gradient of the frozen affine map
+        (``grad_input``, and ``grad_weight``/``grad_bias``, which a training loop may apply or
+        ignore). See :func:`normcpp.freeze_batchnorm` for the transfer-learning recipe.
+
+        Raises
+        ------
+        ValueError
+            The module has no running statistics (``track_running_stats=False``).
+
+        Examples
+        --------
+        >>> import numpy as np, normcpp as nc
+        >>> m = nc.BatchNorm1d(2).freeze()
+        >>> y = m.train()(np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+        >>> m.frozen, m.training, int(m.num_batches_tracked), m.running_mean.tolist()
+        (True, True, 0, [0.0, 0.0])
+        """
+        if self.running_mean is None or self.running_var is None:
+            raise ValueError(
+                f"cannot freeze {type(self).__name__} without running statistics "
+                "(track_running_stats=False)"
+            )
+        self._frozen = True
+        return self
+
+    def unfreeze(self) -> Self:
+        """Undo :meth:`freeze` (training mode uses and tracks batch statistics again);
+        returns ``self``.
+
+        Examples
+        --------
+        >>> import normcpp as nc
+        >>> nc.BatchNorm2d(3).freeze().unfreeze().frozen
+        False
+        """
+        self._frozen = False
+        return self
+
+    def extra_repr(self) -> str:
+        """As :class:`BatchNorm1d`'s, with ``frozen=True`` appended when frozen."""
+        text = super().extra_repr()
+        return text + ", frozen=True" if self._frozen else text
+
+    # forward --------------------------------------------------------------------------------
 
     def _momentum_factor(self) -> float:
         """The update factor for the next tracked batch: ``momentum``, or with
@@ -564,6 +857,10 @@ class _BatchNorm(_NormBase):
             return 0.0
         return 1.0 / float(int(self.num_batches_tracked) + 1)
 
+    def _uses_running_stats(self) -> bool:
+        """Whether ``forward`` normalizes with the running statistics (eval or frozen)."""
+        return self._recorder is None and (self._frozen or not self._batch_stats_mode())
+
     def forward(self, input: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
         """Normalize ``input`` (N, C, *) per channel.
 
@@ -571,7 +868,8 @@ class _BatchNorm(_NormBase):
         ----------
         input : ndarray of float16, float32 or float64
         out : ndarray, optional
-            Receives the result (same shape and dtype as ``input``); may be ``input``.
+            Receives the result (same shape and dtype as ``input``); may be ``input`` (then
+            :meth:`backward` is not available for this forward).
 
         Returns
         -------
@@ -579,29 +877,98 @@ class _BatchNorm(_NormBase):
             Same shape, dtype and memory layout as ``input``.
         """
         self._check_input(input)
-        batch_stats = self._batch_stats_mode()
+        if self._recorder is not None:
+            return self._forward_with_moments(input, out, _local_moments(input), update=False)
+        if self._uses_running_stats():
+            return self._forward_running(input, out)
         update = self._updates_running_stats()
-        if batch_stats and input.shape[0] * math.prod(input.shape[2:]) == 1:
+        if input.shape[0] * math.prod(input.shape[2:]) == 1:
             raise ValueError(
                 "Expected more than 1 value per channel when training, got input of shape "
                 f"{input.shape}"
             )
-        use_running = update or not batch_stats
-        factor = self._momentum_factor() if update else (self.momentum or 0.0)
-        result = F.batch_norm(
+        result, mean, invstd = F.batch_norm_forward(
             input,
-            self.running_mean if use_running else None,
-            self.running_var if use_running else None,
+            self.running_mean if update else None,
+            self.running_var if update else None,
             self.weight,
             self.bias,
-            batch_stats,
-            factor,
+            True,
+            self._momentum_factor() if update else 0.0,
             self.eps,
             out=out,
         )
         if update and self.num_batches_tracked is not None:
             np.add(self.num_batches_tracked, 1, out=self.num_batches_tracked)
+        self._save("batch", input, mean, invstd, out)
         return result
+
+    def _forward_running(self, input: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """Eval or frozen: the per-channel affine map of the running statistics."""
+        result, mean, invstd = F.batch_norm_forward(
+            input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+            self.eps, out=out,
+        )
+        self._save("affine", input, mean, invstd, out)
+        return result
+
+    def _forward_with_moments(
+        self,
+        input: np.ndarray,
+        out: np.ndarray | None,
+        moments: tuple[np.ndarray, np.ndarray, np.ndarray],
+        *,
+        update: bool,
+        kind: str = "batch",
+        extra: Any = None,
+    ) -> np.ndarray:
+        """Normalize with given exact batch moments (local, or merged across ranks); record
+        them while recalibrating; update the running statistics if ``update``."""
+        count, mean, m2 = moments
+        n = _total_count(count)
+        if n <= 1:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, got "
+                + (f"{n} in total over all ranks" if kind == "sync" else
+                   f"input of shape {input.shape}")
+            )
+        var = m2 / n
+        result = F.batch_norm(input, mean, var, self.weight, self.bias, False, 0.0, self.eps,
+                              out=out)
+        if self._recorder is not None:
+            self._recorder.add(count, mean, m2)
+        elif update:
+            self._update_running(mean, m2 / (n - 1))
+        invstd = 1.0 / np.sqrt(var + self.eps)
+        self._save(kind, input, mean, invstd, out, extra=extra)
+        return result
+
+    def _record_batch(self, input: np.ndarray) -> None:
+        """While recalibrating: record the exact moments of ``input`` (no output)."""
+        assert self._recorder is not None
+        self._check_input(input)
+        self._recorder.add(*_local_moments(input))
+
+    def _update_running(self, mean: np.ndarray, unbiased_var: np.ndarray) -> None:
+        """``running = (1 - m) * running + m * batch`` in float64, stored in place."""
+        assert self.running_mean is not None and self.running_var is not None
+        m = self._momentum_factor()
+        new_mean = (1.0 - m) * self.running_mean.astype(np.float64) + m * mean
+        new_var = (1.0 - m) * self.running_var.astype(np.float64) + m * unbiased_var
+        np.copyto(self.running_mean, new_mean, casting="unsafe")
+        np.copyto(self.running_var, new_var, casting="unsafe")
+        if self.num_batches_tracked is not None:
+            np.add(self.num_batches_tracked, 1, out=self.num_batches_tracked)
+
+    # backward -------------------------------------------------------------------------------
+
+    def _backward(
+        self, saved: _Saved, grad_output: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        return F.batch_norm_backward(
+            grad_output, saved.input, saved.weight, saved.mean, saved.invstd,
+            saved.kind != "affine", has_bias=saved.has_bias,
+        )
 
 
 class BatchNorm1d(_BatchNorm):
@@ -729,20 +1096,38 @@ class _InstanceNorm(_NormBase):
                 "Expected more than 1 spatial element when training, got input of shape "
                 f"{input.shape}"
             )
-        result = F.instance_norm(
-            x,
-            self.running_mean,
-            self.running_var,
-            self.weight,
-            self.bias,
-            use_input_stats,
-            self.momentum if self.momentum is not None else 0.0,
-            self.eps,
-            out=target,
-        )
+        momentum = self.momentum if self.momentum is not None else 0.0
+        if use_input_stats:
+            result, mean, invstd = F.instance_norm_forward(
+                x, self.running_mean, self.running_var, self.weight, self.bias, True,
+                momentum, self.eps, out=target,
+            )
+            kind = "instance"
+        else:  # eval with running statistics: a per-channel affine map
+            assert self.running_mean is not None and self.running_var is not None
+            result = F.instance_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False,
+                momentum, self.eps, out=target,
+            )
+            mean, invstd = _frozen_stats(self.running_mean, self.running_var, self.eps)
+            kind = "affine"
+        self._save(kind, x, mean, invstd, out, caller_input=input)
         if batched:
             return result
         return out if out is not None else result[0]
+
+    def _backward(
+        self, saved: _Saved, grad_output: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        x = saved.input
+        dy = grad_output if grad_output.ndim == x.ndim else grad_output[np.newaxis]
+        if saved.kind == "affine":
+            dx, dw, db = F.batch_norm_backward(dy, x, saved.weight, saved.mean, saved.invstd,
+                                               False, has_bias=saved.has_bias)
+        else:
+            dx, dw, db = F.instance_norm_backward(dy, x, saved.weight, saved.mean, saved.invstd,
+                                                  has_bias=saved.has_bias)
+        return (dx if grad_output.ndim == x.ndim else dx[0]), dw, db
 
 
 class InstanceNorm1d(_InstanceNorm):
@@ -900,7 +1285,16 @@ class GroupNorm(Module):
                 f"GroupNorm expected input with num_channels={self.num_channels} channels at "
                 f"dim 1, got {input.shape[1]} (input shape {input.shape})"
             )
-        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps, out=out)
+        result, mean, invstd = F.group_norm_forward(input, self.num_groups, self.weight,
+                                                    self.bias, self.eps, out=out)
+        self._save("group", input, mean, invstd, out)
+        return result
+
+    def _backward(
+        self, saved: _Saved, grad_output: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        return F.group_norm_backward(grad_output, saved.input, self.num_groups, saved.weight,
+                                     saved.mean, saved.invstd, has_bias=saved.has_bias)
 
 
 def _check_trailing_shape(module: Module, input: Any, normalized_shape: tuple[int, ...]) -> None:
@@ -982,8 +1376,17 @@ class LayerNorm(Module):
             Receives the result (same shape and dtype as ``input``); may be ``input``.
         """
         _check_trailing_shape(self, input, self.normalized_shape)
-        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
-                            out=out)
+        result, mean, invstd = F.layer_norm_forward(input, self.normalized_shape, self.weight,
+                                                    self.bias, self.eps, out=out)
+        self._save("layer", input, mean, invstd, out)
+        return result
+
+    def _backward(
+        self, saved: _Saved, grad_output: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        return F.layer_norm_backward(grad_output, saved.input, self.normalized_shape,
+                                     saved.weight, saved.mean, saved.invstd,
+                                     has_bias=saved.has_bias)
 
 
 class RMSNorm(Module):
@@ -1048,4 +1451,14 @@ class RMSNorm(Module):
             Receives the result (same shape and dtype as ``input``); may be ``input``.
         """
         _check_trailing_shape(self, input, self.normalized_shape)
-        return F.rms_norm(input, self.normalized_shape, self.weight, self.eps, out=out)
+        result, invrms = F.rms_norm_forward(input, self.normalized_shape, self.weight, self.eps,
+                                            out=out)
+        self._save("rms", input, None, invrms, out)
+        return result
+
+    def _backward(
+        self, saved: _Saved, grad_output: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        dx, dw = F.rms_norm_backward(grad_output, saved.input, self.normalized_shape,
+                                     saved.weight, saved.invstd)
+        return dx, dw, None
