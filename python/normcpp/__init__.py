@@ -39,6 +39,8 @@ from .modules import (
     Module,
     RMSNorm,
 )
+from .sync import SyncBatchNorm
+from .training import freeze_batchnorm, recalibrate, unfreeze_batchnorm
 
 __version__: str = _core.__version__
 
@@ -72,12 +74,16 @@ __all__ = [  # noqa: RUF022 (grouped: functional API, then modules and tools)
     "LayerNorm",
     "Module",
     "RMSNorm",
+    "SyncBatchNorm",
     "__version__",
     "config",
     "fold_batchnorm",
+    "freeze_batchnorm",
     "from_keras_batchnorm",
     "from_torch",
     "get_num_threads",
     "onnx",
+    "recalibrate",
     "set_num_threads",
+    "unfreeze_batchnorm",
 ]
