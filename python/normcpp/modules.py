@@ -694,14 +694,15 @@ class _NormBase(Module):
     def _check_input(self, input: Any) -> None:
         """Type, rank and (where a per-channel array needs it) channel count of ``input``."""
         _check_ndarray(input)
-        channel_dims = {ndim: dim for ndim, _, dim in self._layouts}
-        if input.ndim not in channel_dims:
+        for ndim, _, dim in self._layouts:
+            if input.ndim == ndim:
+                break
+        else:
             expected = " or ".join(f"{ndim}-D input {names}" for ndim, names, _ in self._layouts)
             raise ValueError(
                 f"{type(self).__name__} expected {expected}, got {input.ndim}-D input of shape "
                 f"{input.shape}"
             )
-        dim = channel_dims[input.ndim]
         if self._has_channel_state() and input.shape[dim] != self.num_features:
             raise ValueError(
                 f"{type(self).__name__} expected input with num_features={self.num_features} "
@@ -904,12 +905,13 @@ class _BatchNorm(_NormBase):
         return result
 
     def _forward_running(self, input: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        """Eval or frozen: the per-channel affine map of the running statistics."""
-        result, mean, invstd = F.batch_norm_forward(
+        """Eval or frozen: the per-channel affine map of the running statistics. (Its backward
+        reads the statistics from the module then, sparing the forward two allocations.)"""
+        result = F.batch_norm(
             input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
             self.eps, out=out,
         )
-        self._save("affine", input, mean, invstd, out)
+        self._save("affine", input, None, None, out)
         return result
 
     def _forward_with_moments(
@@ -965,8 +967,11 @@ class _BatchNorm(_NormBase):
     def _backward(
         self, saved: _Saved, grad_output: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        mean, invstd = saved.mean, saved.invstd
+        if mean is None:  # eval / frozen forward: the frozen map of the running statistics
+            mean, invstd = _frozen_stats(self.running_mean, self.running_var, self.eps)
         return F.batch_norm_backward(
-            grad_output, saved.input, saved.weight, saved.mean, saved.invstd,
+            grad_output, saved.input, saved.weight, mean, invstd,
             saved.kind != "affine", has_bias=saved.has_bias,
         )
 
