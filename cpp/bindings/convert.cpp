@@ -31,16 +31,20 @@ bool is_c_contiguous(const py::array& a) {
 bool is_channels_last(const py::array& a) {
   const auto rank = a.ndim();
   if (rank < 3) return false;
-  std::vector<py::ssize_t> order;
-  order.push_back(0);
-  for (py::ssize_t d = 2; d < rank; ++d) order.push_back(d);
-  order.push_back(1);
+  // Innermost first: C, then the spatial dims from the last, then N.
   py::ssize_t expected = a.itemsize();
-  for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    const py::ssize_t d = *it;
+  for (py::ssize_t i = 0; i < rank; ++i) {
+    const py::ssize_t d = i == 0 ? 1 : i == rank - 1 ? 0 : rank - i;
     if (a.shape(d) != 1 && a.strides(d) != expected) return false;
     expected *= a.shape(d);
   }
+  return true;
+}
+
+bool same_shape(const py::array& a, const py::array& b) {
+  if (a.ndim() != b.ndim()) return false;
+  for (py::ssize_t d = 0; d < a.ndim(); ++d)
+    if (a.shape(d) != b.shape(d)) return false;
   return true;
 }
 
@@ -89,7 +93,7 @@ py::array check_out(py::handle out, const py::array& input, const py::array& ori
   if (!py::isinstance<py::array>(out))
     type_error("out must be a numpy.ndarray, got " + type_name(out));
   auto o = py::reinterpret_borrow<py::array>(out);
-  if (shape_of(o) != shape_of(input))
+  if (!same_shape(o, input))
     value_error("out must have the input's shape " + shape_str(input) + ", got " + shape_str(o));
   if (!o.dtype().is(input.dtype()))
     value_error("out must have the input's dtype " + py::str(input.dtype()).cast<std::string>() +
@@ -206,7 +210,7 @@ ParamRef as_param(py::handle h, const char* name, std::vector<py::array>& keep) 
     value_error(std::string(name) + " must be 1-D (one value per channel), got shape " +
                 shape_str(a));
   if (a.strides(0) % a.itemsize() != 0) a = numpy().attr("ascontiguousarray")(a);
-  keep.push_back(a);
+  if (!a.is(h)) keep.push_back(a);  // a converted copy must outlive the call
   return {a.data(), a.itemsize() == 8 ? DType::f64 : DType::f32, a.shape(0),
           a.strides(0) / a.itemsize()};
 }
@@ -223,7 +227,7 @@ ParamRef as_shaped_param(py::handle h, const char* name, const std::vector<py::s
                 shape_str(a));
   }
   if (!is_c_contiguous(a)) a = numpy().attr("ascontiguousarray")(a);
-  keep.push_back(a);
+  if (!a.is(h)) keep.push_back(a);  // a converted copy must outlive the call
   return {a.data(), a.itemsize() == 8 ? DType::f64 : DType::f32, a.size(), 1};
 }
 
@@ -348,7 +352,7 @@ namespace {
 
 py::array checked_grad(py::handle grad_output, const py::array& x) {
   py::array dy = as_input(grad_output, "grad_output");
-  if (shape_of(dy) != shape_of(x))
+  if (!same_shape(dy, x))
     value_error("grad_output must have the input's shape " + shape_str(x) + ", got " +
                 shape_str(dy));
   if (!dy.dtype().is(x.dtype()))

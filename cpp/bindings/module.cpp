@@ -8,6 +8,7 @@ namespace bindings {
 void register_config(py::module_& m);
 void register_functional(py::module_& m);
 void register_backward(py::module_& m);
+void register_image(py::module_& m);
 }  // namespace bindings
 }  // namespace normcpp
 
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   normcpp::bindings::register_config(m);
   normcpp::bindings::register_functional(m);
   normcpp::bindings::register_backward(m);
+  normcpp::bindings::register_image(m);
 }

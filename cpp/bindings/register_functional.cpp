@@ -19,10 +19,9 @@ namespace {
 bool as_nonfinite(py::handle h) {
   if (!PyUnicode_Check(h.ptr()))
     type_error("nonfinite must be 'raise' or 'propagate', got " + type_name(h));
-  const auto v = h.cast<std::string>();
-  if (v != "raise" && v != "propagate")
-    value_error("nonfinite must be 'raise' or 'propagate', got '" + v + "'");
-  return v == "propagate";
+  if (PyUnicode_CompareWithASCIIString(h.ptr(), "raise") == 0) return false;
+  if (PyUnicode_CompareWithASCIIString(h.ptr(), "propagate") == 0) return true;
+  value_error("nonfinite must be 'raise' or 'propagate', got '" + h.cast<std::string>() + "'");
 }
 
 // activation=None | "relu" | "relu6" | "silu" | "gelu" (inference only; not with *_forward).

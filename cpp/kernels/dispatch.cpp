@@ -5,15 +5,17 @@
 #include <string>
 #include <vector>
 
+#include "kernels/image_kernels.hpp"
 #include "kernels/kernels.hpp"
 #include "normcpp/normcpp.hpp"
 
 namespace normcpp {
 namespace kernels {
 
-#define NORMCPP_DECLARE_LEVEL(ns) \
-  namespace ns {                  \
-  const KernelTable& table();     \
+#define NORMCPP_DECLARE_LEVEL(ns)       \
+  namespace ns {                        \
+  const KernelTable& table();           \
+  const ImageKernelTable& image_table(); \
   }
 #ifdef NORMCPP_HAVE_BASELINE
 NORMCPP_DECLARE_LEVEL(baseline)
@@ -34,6 +36,7 @@ struct Level {
   const char* name;
   const KernelTable& (*table)();
   bool (*runs_here)();
+  const ImageKernelTable& (*image)();
 };
 
 bool always() { return true; }
@@ -54,16 +57,16 @@ bool cpu_avx512() {
 const std::vector<Level>& levels() {
   static const std::vector<Level> all = {
 #ifdef NORMCPP_HAVE_BASELINE
-      {"baseline", &baseline::table, &always},
+      {"baseline", &baseline::table, &always, &baseline::image_table},
 #endif
 #ifdef NORMCPP_HAVE_NEON
-      {"neon", &neon::table, &always},
+      {"neon", &neon::table, &always, &neon::image_table},
 #endif
 #ifdef NORMCPP_HAVE_AVX2
-      {"avx2", &avx2::table, &cpu_avx2},
+      {"avx2", &avx2::table, &cpu_avx2, &avx2::image_table},
 #endif
 #ifdef NORMCPP_HAVE_AVX512
-      {"avx512", &avx512::table, &cpu_avx512},
+      {"avx512", &avx512::table, &cpu_avx512, &avx512::image_table},
 #endif
   };
   return all;
@@ -84,6 +87,13 @@ std::atomic<const KernelTable*>& current() {
 }  // namespace
 
 const KernelTable& active() { return *current().load(std::memory_order_relaxed); }
+
+const ImageKernelTable& active_image() {
+  const KernelTable* t = &active();
+  for (const Level& l : levels())
+    if (&l.table() == t) return l.image();
+  return levels().front().image();
+}
 
 }  // namespace kernels
 

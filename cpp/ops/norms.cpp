@@ -80,12 +80,23 @@ void channel_pass(const NCSRef& t, Finish finish, const typename Kern<T>::A* M,
 }
 
 // Per-channel affine coefficients of a normalization: M = mean, Sc = weight * invstd, B = bias.
+// (Two allocations per call, whatever the number of arrays: small calls are malloc-bound.)
 template <class A>
 struct Coefs {
-  std::vector<A> M, Sc, B;
-  std::vector<double> mean, var;
-  explicit Coefs(i64 n)
-      : M(static_cast<std::size_t>(n)), Sc(M), B(M), mean(static_cast<std::size_t>(n)), var(mean) {}
+  i64 n;
+  std::vector<A> abuf;
+  std::vector<double> dbuf;
+  A *M, *Sc, *B;
+  double *mean, *var;
+  explicit Coefs(i64 count)
+      : n(count),
+        abuf(static_cast<std::size_t>(3 * count)),
+        dbuf(static_cast<std::size_t>(2 * count)),
+        M(abuf.data()),
+        Sc(M + count),
+        B(Sc + count),
+        mean(dbuf.data()),
+        var(mean + count) {}
   void set(i64 i, double m, double v, double w, double b, double eps) {
     const auto u = static_cast<std::size_t>(i);
     mean[u] = m;
@@ -99,12 +110,12 @@ struct Coefs {
 inline double biased_var(const Moments& m) { return clamp_nonneg(m.m2 / m.n); }
 
 // Throws before any running statistic changes if a batch statistic is NaN or infinite.
-void check_finite_update(const RunningUpdate& r, const std::vector<double>& mean,
-                         const std::vector<double>& var, i64 C) {
+void check_finite_update(const RunningUpdate& r, const double* mean, const double* var, i64 n,
+                         i64 C) {
   if (r.allow_nonfinite) return;
-  for (std::size_t i = 0; i < mean.size(); ++i) {
+  for (i64 i = 0; i < n; ++i) {
     if (std::isfinite(mean[i]) && std::isfinite(var[i])) continue;
-    fail("non-finite batch statistics for channel " + str(static_cast<i64>(i) % C) +
+    fail("non-finite batch statistics for channel " + str(i % C) +
          " (mean=" + str(mean[i]) + ", var=" + str(var[i]) +
          "): running_mean and running_var were left unchanged; the input has NaN or inf "
          "values (pass nonfinite='propagate' to update them anyway, as PyTorch does)");
@@ -116,9 +127,8 @@ void update_running(const RunningUpdate& r, i64 c, double mean, double unbiased_
   r.var.set(c, (1.0 - r.momentum) * r.var.get(c) + r.momentum * unbiased_var);
 }
 
-void write_saved(SavedStats saved, const std::vector<double>& mean, const std::vector<double>& var,
-                 double eps) {
-  for (std::size_t i = 0; i < mean.size(); ++i) {
+void write_saved(SavedStats saved, const double* mean, const double* var, i64 n, double eps) {
+  for (i64 i = 0; i < n; ++i) {
     if (saved.mean) saved.mean[i] = mean[i];
     if (saved.invstd) saved.invstd[i] = inv_std(var[i], eps);
   }
@@ -138,20 +148,20 @@ void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight
   };
   if (!training) {
     for (i64 c = 0; c < C; ++c) finish(c, Moments{1.0, running.mean.get(c), running.var.get(c)});
-    channel_pass<false, true, T>(t, finish, cf.M.data(), cf.Sc.data(), cf.B.data(), act);
-    write_saved(saved, cf.mean, cf.var, eps);
+    channel_pass<false, true, T>(t, finish, cf.M, cf.Sc, cf.B, act);
+    write_saved(saved, cf.mean, cf.var, cf.n, eps);
     return;
   }
-  channel_pass<true, true, T>(t, finish, cf.M.data(), cf.Sc.data(), cf.B.data());
+  channel_pass<true, true, T>(t, finish, cf.M, cf.Sc, cf.B);
   if (n == 0) return;
   if (running.mean.present()) {
-    check_finite_update(running, cf.mean, cf.var, C);
+    check_finite_update(running, cf.mean, cf.var, cf.n, C);
     const double unbias = static_cast<double>(n) / static_cast<double>(n - 1);
     for (i64 c = 0; c < C; ++c)
       update_running(running, c, cf.mean[static_cast<std::size_t>(c)],
                      cf.var[static_cast<std::size_t>(c)] * unbias);
   }
-  write_saved(saved, cf.mean, cf.var, eps);
+  write_saved(saved, cf.mean, cf.var, cf.n, eps);
 }
 
 template <class T>
@@ -190,13 +200,13 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
         [&](i64 s, i64 r0, i64 r1, A* scr) {
           const i64 off = (s * S + r0) * C;
           const auto u = static_cast<std::size_t>(s * C);
-          k.apply_cl(x + off, y + off, r1 - r0, C, cf.M.data() + u, cf.Sc.data() + u,
-                     cf.B.data() + u, scr, 0);
+          k.apply_cl(x + off, y + off, r1 - r0, C, cf.M + u, cf.Sc + u,
+                     cf.B + u, scr, 0);
         });
   }
   if (slots * S == 0) return;
   if (running.mean.present()) {
-    check_finite_update(running, cf.mean, cf.var, C);
+    check_finite_update(running, cf.mean, cf.var, cf.n, C);
     const double unbias = static_cast<double>(S) / static_cast<double>(S - 1);
     for (i64 c = 0; c < C; ++c) {
       double ms = 0.0, vs = 0.0;
@@ -208,7 +218,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
                      vs / static_cast<double>(N) * unbias);
     }
   }
-  write_saved(saved, cf.mean, cf.var, eps);
+  write_saved(saved, cf.mean, cf.var, cf.n, eps);
 }
 
 template <class T>
@@ -266,12 +276,12 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
         [&](i64 s, i64 r0, i64 r1, A* scr) {
           const i64 off = (s * S + r0) * C;
           const auto u = static_cast<std::size_t>(s * C);
-          k.apply_cl(x + off, y + off, r1 - r0, C, cf.M.data() + u, cf.Sc.data() + u,
-                     cf.B.data() + u, scr, act);
+          k.apply_cl(x + off, y + off, r1 - r0, C, cf.M + u, cf.Sc + u,
+                     cf.B + u, scr, act);
         });
   }
   if (slots * Cg * S == 0) return;
-  write_saved(saved, mean, var, eps);
+  write_saved(saved, mean.data(), var.data(), static_cast<i64>(mean.size()), eps);
 }
 
 template <class T>
@@ -313,7 +323,7 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
         g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish, apply);
   }
   if (rows * L == 0) return;
-  write_saved(saved, mean, var, eps);
+  write_saved(saved, mean.data(), var.data(), static_cast<i64>(mean.size()), eps);
 }
 
 }  // namespace

@@ -149,4 +149,41 @@ void select_isa(const std::string& name);
 
 const char* version();
 
+// ---- Images and dataset statistics
+// Element types of image data: uint8, uint16 and the float types.
+enum class PixelType : int { u8 = 0, u16 = 1, f16 = 2, f32 = 3, f64 = 4 };
+
+// N images of C channels and P pixels (H * W) each, C-contiguous, either planar
+// (N, C, P: Layout::contiguous, i.e. NCHW) or channels-last (N, P, C: Layout::channels_last,
+// i.e. NHWC).
+struct ImageRef {
+  const void* data = nullptr;
+  PixelType type = PixelType::u8;
+  std::int64_t N = 0, C = 0, P = 0;
+  Layout layout = Layout::channels_last;
+};
+
+// y = (x * scale - mean[c]) / stdev[c] in one pass: element conversion, per-channel affine and
+// layout change. y (out_type f32 or f16) is C-contiguous in out_layout and must not overlap x,
+// except y == x with the same layout and element size (in place). mean and stdev have C
+// entries; stdev must be finite and non-zero, mean and scale finite. Threads over (image,
+// pixel chunk); the result does not depend on the thread count.
+void normalize_images(const ImageRef& x, void* y, DType out_type, Layout out_layout,
+                      const double* mean, const double* stdev, double scale);
+
+// Per-channel statistics of an image batch (every C-contiguous tensor with a channel axis is
+// an ImageRef: N = the product of the dims before it, P = of the dims after it).
+// uint8/uint16: exact — sum and sum of squares in integers (sum_sq as two 64-bit words),
+// mean = sum / count and m2 = (count * sum_sq - sum^2) / count computed in 128-bit integers
+// and rounded once to double. float16/32/64: accumulated in double (blocked two-pass, Chan
+// merge in a fixed order): bitwise identical for any thread count. min/max follow np.min:
+// NaN propagates (and makes mean and m2 NaN too).
+struct ChannelStatsResult {
+  std::int64_t count = 0;  // values per channel: N * P
+  std::vector<double> mean, m2, min, max;
+  bool exact = false;  // integer input: the sums below are filled
+  std::vector<std::uint64_t> sum, sum_sq_lo, sum_sq_hi;
+};
+ChannelStatsResult channel_stats(const ImageRef& x);
+
 }  // namespace normcpp
