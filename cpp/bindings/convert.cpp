@@ -389,14 +389,12 @@ std::vector<py::ssize_t> RowsCall::lead_shape() const {
   return std::vector<py::ssize_t>(x.shape(), x.shape() + (x.ndim() - static_cast<py::ssize_t>(norm_shape.size())));
 }
 
-Saved::Saved(bool on, std::vector<py::ssize_t> shape, bool with_mean)
+Saved::Saved(bool on, const std::vector<py::ssize_t>& shape, bool with_mean)
     : on_(on), with_mean_(with_mean) {
   if (!on_) return;
   if (with_mean_) mean_ = py::array_t<double>(shape);
   invstd_ = py::array_t<double>(shape);
 }
-
-SavedStats Saved::view() { return {mean_ptr(), invstd_ptr()}; }
 
 py::object Saved::result(py::object y) const {
   if (!on_) return y;

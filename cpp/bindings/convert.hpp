@@ -80,8 +80,8 @@ struct RowsCall {
 // Optional float64 per-slot statistics a forward saves for its backward pass.
 class Saved {
  public:
-  Saved(bool on, std::vector<py::ssize_t> shape, bool with_mean = true);
-  SavedStats view();
+  Saved(bool on, const std::vector<py::ssize_t>& shape, bool with_mean = true);
+  SavedStats view() { return {mean_ptr(), invstd_ptr()}; }
   double* mean_ptr() { return on_ && with_mean_ ? mean_.mutable_data() : nullptr; }
   double* invstd_ptr() { return on_ ? invstd_.mutable_data() : nullptr; }
   // y alone, or (y, mean, invstd), or (y, invstd) without a mean.
@@ -91,7 +91,9 @@ class Saved {
 
  private:
   bool on_, with_mean_;
-  py::array_t<double> mean_, invstd_;
+  // Created only when on_ (a default py::array_t would allocate an empty array per call).
+  py::array_t<double> mean_{py::reinterpret_steal<py::array_t<double>>(py::handle())};
+  py::array_t<double> invstd_{py::reinterpret_steal<py::array_t<double>>(py::handle())};
 };
 
 // A float64 C-contiguous copy-or-view of an array-like of `size` elements (ValueError naming

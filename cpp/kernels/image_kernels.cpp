@@ -628,6 +628,70 @@ inline vd vmax_nan(vd v, vd m) { return ((v > m) | (v != v)) ? v : m; }
 inline double min_nan(double v, double m) { return (v < m || v != v) ? v : m; }
 inline double max_nan(double v, double m) { return (v > m || v != v) ? v : m; }
 
+// One register strip of NV vectors (NV * WD columns) over nrows rows of stride L: per column,
+// S += sum(x - K); pass 2 (Sq) also Q += sum((x - K)^2); pass 1 (!Sq) min/max into Mn/Mx.
+// Rows go two at a time into separate sums (two add chains per column); min/max use plain
+// minpd/maxpd (a NaN never wins) plus a NaN mask applied at the end.
+template <bool Sq, int NV, class T>
+inline void float_strip(const T* x, i64 nrows, i64 L, const double* K, double* S, double* Q,
+                        double* Mn, double* Mx) {
+  vd k[NV], s0[NV], s1[NV], q0[NV], q1[NV], lo[NV], hi[NV];
+  vl nan{};
+  for (int v = 0; v < NV; ++v) {
+    k[v] = vload<vd>(K + v * WD);
+    s0[v] = s1[v] = q0[v] = q1[v] = vd{};
+    lo[v] = splat<vd>(std::numeric_limits<double>::infinity());
+    hi[v] = -lo[v];
+  }
+  i64 r = 0;
+  for (; r + 2 <= nrows; r += 2) {
+    const T* p = x + r * L;
+    for (int v = 0; v < NV; ++v) {
+      const vd a = load_d(p + v * WD), b = load_d(p + L + v * WD);
+      const vd da = a - k[v], db = b - k[v];
+      s0[v] += da;
+      s1[v] += db;
+      if constexpr (Sq) {
+        q0[v] += da * da;
+        q1[v] += db * db;
+      } else {
+        lo[v] = a < lo[v] ? a : lo[v];
+        lo[v] = b < lo[v] ? b : lo[v];
+        hi[v] = a > hi[v] ? a : hi[v];
+        hi[v] = b > hi[v] ? b : hi[v];
+        nan |= (a != a) | (b != b);
+      }
+    }
+  }
+  if (r < nrows) {
+    const T* p = x + r * L;
+    for (int v = 0; v < NV; ++v) {
+      const vd a = load_d(p + v * WD);
+      const vd da = a - k[v];
+      s0[v] += da;
+      if constexpr (Sq) {
+        q0[v] += da * da;
+      } else {
+        lo[v] = a < lo[v] ? a : lo[v];
+        hi[v] = a > hi[v] ? a : hi[v];
+        nan |= (a != a);
+      }
+    }
+  }
+  for (int v = 0; v < NV; ++v) {
+    vstore(S + v * WD, vload<vd>(S + v * WD) + (s0[v] + s1[v]));
+    if constexpr (Sq) {
+      vstore(Q + v * WD, vload<vd>(Q + v * WD) + (q0[v] + q1[v]));
+    } else {
+      const vd qnan = splat<vd>(std::numeric_limits<double>::quiet_NaN());
+      const vd mn = vmin_nan(nan ? qnan : lo[v], vload<vd>(Mn + v * WD));
+      const vd mx = vmax_nan(nan ? qnan : hi[v], vload<vd>(Mx + v * WD));
+      vstore(Mn + v * WD, mn);
+      vstore(Mx + v * WD, mx);
+    }
+  }
+}
+
 // One statistics pass over nrows rows of L elements (row stride L) plus `tail` elements:
 // per position j, S[j] += sum(x - K[j]); pass 2 (Sq) also Q[j] += sum((x - K[j])^2);
 // pass 1 (!Sq) also min/max into Mn[j]/Mx[j].
@@ -635,62 +699,10 @@ template <bool Sq, class T>
 void float_pass(const T* x, i64 nrows, i64 L, i64 tail, const double* K, double* S, double* Q,
                 double* Mn, double* Mx) {
   i64 j = 0;
-  for (; j + 2 * WD <= L; j += 2 * WD) {
-    const vd k0 = vload<vd>(K + j), k1 = vload<vd>(K + j + WD);
-    vd s0{}, s1{}, q0{}, q1{};
-    vd lo0 = vload<vd>(Mn + j), lo1 = vload<vd>(Mn + j + WD);
-    vd hi0 = vload<vd>(Mx + j), hi1 = vload<vd>(Mx + j + WD);
-    const T* p = x + j;
-    for (i64 r = 0; r < nrows; ++r, p += L) {
-      const vd v0 = load_d(p), v1 = load_d(p + WD);
-      const vd d0 = v0 - k0, d1 = v1 - k1;
-      s0 += d0;
-      s1 += d1;
-      if constexpr (Sq) {
-        q0 += d0 * d0;
-        q1 += d1 * d1;
-      } else {
-        lo0 = vmin_nan(v0, lo0);
-        lo1 = vmin_nan(v1, lo1);
-        hi0 = vmax_nan(v0, hi0);
-        hi1 = vmax_nan(v1, hi1);
-      }
-    }
-    vstore(S + j, vload<vd>(S + j) + s0);
-    vstore(S + j + WD, vload<vd>(S + j + WD) + s1);
-    if constexpr (Sq) {
-      vstore(Q + j, vload<vd>(Q + j) + q0);
-      vstore(Q + j + WD, vload<vd>(Q + j + WD) + q1);
-    } else {
-      vstore(Mn + j, lo0);
-      vstore(Mn + j + WD, lo1);
-      vstore(Mx + j, hi0);
-      vstore(Mx + j + WD, hi1);
-    }
-  }
-  for (; j + WD <= L; j += WD) {
-    const vd k0 = vload<vd>(K + j);
-    vd s0{}, q0{}, lo0 = vload<vd>(Mn + j), hi0 = vload<vd>(Mx + j);
-    const T* p = x + j;
-    for (i64 r = 0; r < nrows; ++r, p += L) {
-      const vd v0 = load_d(p);
-      const vd d0 = v0 - k0;
-      s0 += d0;
-      if constexpr (Sq) {
-        q0 += d0 * d0;
-      } else {
-        lo0 = vmin_nan(v0, lo0);
-        hi0 = vmax_nan(v0, hi0);
-      }
-    }
-    vstore(S + j, vload<vd>(S + j) + s0);
-    if constexpr (Sq) {
-      vstore(Q + j, vload<vd>(Q + j) + q0);
-    } else {
-      vstore(Mn + j, lo0);
-      vstore(Mx + j, hi0);
-    }
-  }
+  for (; j + 2 * WD <= L; j += 2 * WD)
+    float_strip<Sq, 2>(x + j, nrows, L, K + j, S + j, Q + j, Mn + j, Mx + j);
+  for (; j + WD <= L; j += WD)
+    float_strip<Sq, 1>(x + j, nrows, L, K + j, S + j, Q + j, Mn + j, Mx + j);
   for (; j < L; ++j) {
     double s = 0.0, q = 0.0, lo = Mn[j], hi = Mx[j];
     for (i64 r = 0; r < nrows; ++r) {
