@@ -88,6 +88,13 @@ bool same_view(const py::array& a, const py::array& b) {
   return true;
 }
 
+// A dimension of more than one element with stride 0: several elements, one memory location.
+bool has_internal_overlap(const py::array& a) {
+  for (py::ssize_t d = 0; d < a.ndim(); ++d)
+    if (a.shape(d) > 1 && a.strides(d) == 0) return true;
+  return false;
+}
+
 // The user's out, checked against the input it receives the result of.
 py::array check_out(py::handle out, const py::array& input, const py::array& original) {
   if (!py::isinstance<py::array>(out))
@@ -99,6 +106,8 @@ py::array check_out(py::handle out, const py::array& input, const py::array& ori
     value_error("out must have the input's dtype " + py::str(input.dtype()).cast<std::string>() +
                 ", got " + py::str(o.dtype()).cast<std::string>());
   if (!o.writeable()) value_error("out is read-only");
+  if (has_internal_overlap(o))
+    value_error("out has elements that share memory (a zero stride): it cannot hold a result");
   if (!same_view(o, original)) {
     const auto a = extent(o), b = extent(original);
     if (a.first < b.second && b.first < a.second)
@@ -109,6 +118,17 @@ py::array check_out(py::handle out, const py::array& input, const py::array& ori
 }
 
 }  // namespace
+
+void check_disjoint(py::handle a, const char* a_name, py::handle b, const char* b_name) {
+  if (a.is_none() || b.is_none() || !py::isinstance<py::array>(a) ||
+      !py::isinstance<py::array>(b))
+    return;
+  const auto ea = extent(py::reinterpret_borrow<py::array>(a));
+  const auto eb = extent(py::reinterpret_borrow<py::array>(b));
+  if (ea.first < eb.second && eb.first < ea.second)
+    value_error(std::string(a_name) + " shares memory with " + b_name +
+                "; pass separate arrays");
+}
 
 void type_error(const std::string& msg) { throw py::type_error(msg); }
 void value_error(const std::string& msg) { throw py::value_error(msg); }
@@ -248,6 +268,9 @@ MutParamRef as_running(py::handle h, const char* name, bool write) {
     value_error(std::string(name) + " has a stride that is not a multiple of its item size");
   if (write && !a.writeable())
     value_error(std::string(name) + " is read-only, but training updates it in place");
+  if (write && has_internal_overlap(a))
+    value_error(std::string(name) + " has elements that share memory (a zero stride), but "
+                "training updates it in place");
   return {const_cast<void*>(a.data()), a.itemsize() == 8 ? DType::f64 : DType::f32, a.shape(0),
           a.strides(0) / a.itemsize()};
 }

@@ -20,6 +20,9 @@ namespace py = pybind11;
 [[noreturn]] void type_error(const std::string& msg);
 [[noreturn]] void value_error(const std::string& msg);
 
+// ValueError naming both if arrays a and b (None or non-arrays are skipped) share memory.
+void check_disjoint(py::handle a, const char* a_name, py::handle b, const char* b_name);
+
 std::string type_name(py::handle h);
 std::string shape_str(const py::array& a);
 

@@ -1,4 +1,6 @@
 // Backward passes and the pieces SyncBatchNorm and recalibration are built from.
+#include <cmath>
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -171,6 +173,8 @@ py::object batch_norm_backward_elemt_py(py::object grad_output, py::object input
   const auto mu = as_f64(mean, "mean", C), iv = as_f64(invstd, "invstd", C);
   const auto sd = as_f64(sum_dy, "sum_dy", C), sx = as_f64(sum_dy_xhat, "sum_dy_xhat", C);
   const double n = as_real(count, "count");
+  if (!(n >= 1.0) || std::isinf(n))
+    value_error("count must be a finite number >= 1 (the global element count per channel)");
   {
     py::gil_scoped_release nogil;
     normcpp::batch_norm_backward_elemt(g.ref, w, mu.data(), iv.data(), sd.data(), sx.data(), n);

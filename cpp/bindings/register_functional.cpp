@@ -24,6 +24,17 @@ bool as_nonfinite(py::handle h) {
   value_error("nonfinite must be 'raise' or 'propagate', got '" + h.cast<std::string>() + "'");
 }
 
+// What training writes (out, running statistics) must not share memory with what the call
+// reads or with each other; a kernel would otherwise read values it already overwrote.
+void check_running_disjoint(py::handle running_mean, py::handle running_var, py::handle weight,
+                            py::handle bias, py::handle out, bool writes_running) {
+  check_disjoint(out, "out", weight, "weight");
+  check_disjoint(out, "out", bias, "bias");
+  check_disjoint(out, "out", running_mean, "running_mean");
+  check_disjoint(out, "out", running_var, "running_var");
+  if (writes_running) check_disjoint(running_mean, "running_mean", running_var, "running_var");
+}
+
 // activation=None | "relu" | "relu6" | "silu" | "gelu" (inference only; not with *_forward).
 Activation as_activation(py::handle h, bool with_stats) {
   if (h.is_none()) return Activation::none;
@@ -61,6 +72,7 @@ py::object batch_norm_py(bool with_stats, py::object input, py::object running_m
   NCSCall call = prepare_ncs(input, out, 2);
   std::vector<py::array> keep;
   const ParamRef w = as_param(weight, "weight", keep), b = as_param(bias, "bias", keep);
+  check_running_disjoint(running_mean, running_var, weight, bias, out, train);
   const RunningUpdate run{as_running(running_mean, "running_mean", train),
                           as_running(running_var, "running_var", train), mom, propagate};
   Saved saved(with_stats, {call.ref.C});
@@ -82,6 +94,7 @@ py::object instance_norm_py(bool with_stats, py::object input, py::object runnin
   NCSCall call = prepare_ncs(input, out, 3);
   std::vector<py::array> keep;
   const ParamRef w = as_param(weight, "weight", keep), b = as_param(bias, "bias", keep);
+  check_running_disjoint(running_mean, running_var, weight, bias, out, use_stats);
   const RunningUpdate run{as_running(running_mean, "running_mean", use_stats),
                           as_running(running_var, "running_var", use_stats), mom, propagate};
   Saved saved(with_stats && use_stats, {call.ref.N, call.ref.C});
@@ -108,6 +121,12 @@ py::object group_norm_py(bool with_stats, py::object input, py::object num_group
   const Activation act = as_activation(activation, with_stats);
   const double e = as_real(eps, "eps");
   NCSCall call = prepare_ncs(input, out, 2);
+  if (groups <= 0 || call.ref.C % groups != 0)
+    value_error("num_groups (" + std::to_string(groups) +
+                ") must be > 0 and divide the number of channels (" +
+                std::to_string(call.ref.C) + ")");
+  check_disjoint(out, "out", weight, "weight");
+  check_disjoint(out, "out", bias, "bias");
   std::vector<py::array> keep;
   const ParamRef w = as_param(weight, "weight", keep), b = as_param(bias, "bias", keep);
   Saved saved(with_stats, {call.ref.N, groups > 0 ? groups : 1});
@@ -124,6 +143,8 @@ py::object layer_norm_py(bool with_stats, py::object input, py::object normalize
   const double e = as_real(eps, "eps");
   const Activation act = as_activation(activation, with_stats);
   RowsCall call = prepare_rows(input, normalized_shape, out);
+  check_disjoint(out, "out", weight, "weight");
+  check_disjoint(out, "out", bias, "bias");
   std::vector<py::array> keep;
   const ParamRef w = as_shaped_param(weight, "weight", call.norm_shape, keep);
   const ParamRef b = as_shaped_param(bias, "bias", call.norm_shape, keep);
@@ -154,6 +175,7 @@ py::object rms_norm_py(bool with_stats, py::object input, py::object normalized_
   const bool eps_given = !eps.is_none();
   const double e_given = eps_given ? as_real(eps, "eps") : 0.0;
   RowsCall call = prepare_rows(input, normalized_shape, out);
+  check_disjoint(out, "out", weight, "weight");
   const double e = eps_given ? e_given : default_rms_eps(call.dtype);
   std::vector<py::array> keep;
   const ParamRef w = as_shaped_param(weight, "weight", call.norm_shape, keep);

@@ -49,8 +49,7 @@ py::object normalize_images_py(py::object images, py::object mean, py::object st
                                py::object out) {
   const py::array x = image_array(images, "images");
   if (x.ndim() != 4)
-    value_error("images must have 4 dims (N, H, W, C) or (N, C, H, W), got shape " +
-                shape_str(x));
+    value_error("images must have 4 dims (N, H, W, C) or (N, C, H, W), got shape " + shape_str(x));
   const bool in_cl = as_bool(channels_last, "channels_last");
   const bool out_cl = as_bool(out_channels_last, "out_channels_last");
   const bool f16 = as_bool(out_float16, "out_float16");
@@ -84,8 +83,8 @@ py::object normalize_images_py(py::object images, py::object mean, py::object st
     if ((y.flags() & py::array::c_style) == 0) value_error("out must be C-contiguous");
     if (!y.writeable()) value_error("out is read-only");
   }
-  const ImageRef ref{x.data(), pixel_type(x), N, C, H * W,
-                     in_cl ? Layout::channels_last : Layout::contiguous};
+  const ImageRef ref{x.data(), pixel_type(x), N,
+                     C,        H * W,         in_cl ? Layout::channels_last : Layout::contiguous};
   void* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -102,10 +101,10 @@ py::dict channel_stats_py(py::object x_obj, py::object n, py::object c, py::obje
   const std::int64_t N = as_int(n, "N"), C = as_int(c, "C"), P = as_int(p, "P");
   const bool cl = as_bool(channels_last, "channels_last");
   if (N < 0 || C < 1 || P < 0 || N * C * P != static_cast<std::int64_t>(x.size()))
-    value_error("batch of shape " + shape_str(x) + " is not N=" + std::to_string(N) + " x C=" +
-                std::to_string(C) + " x P=" + std::to_string(P));
-  const ImageRef ref{x.data(), pixel_type(x), N, C, P,
-                     cl ? Layout::channels_last : Layout::contiguous};
+    value_error("batch of shape " + shape_str(x) + " is not N=" + std::to_string(N) +
+                " x C=" + std::to_string(C) + " x P=" + std::to_string(P));
+  const ImageRef ref{
+      x.data(), pixel_type(x), N, C, P, cl ? Layout::channels_last : Layout::contiguous};
   ChannelStatsResult r;
   {
     py::gil_scoped_release nogil;
@@ -140,8 +139,8 @@ py::dict channel_stats_py(py::object x_obj, py::object n, py::object c, py::obje
 
 void register_image(py::module_& m) {
   m.def("normalize_images", &normalize_images_py, py::arg("images"), py::arg("mean"),
-        py::arg("std"), py::arg("scale"), py::arg("channels_last"),
-        py::arg("out_channels_last"), py::arg("out_float16"), py::arg("out"),
+        py::arg("std"), py::arg("scale"), py::arg("channels_last"), py::arg("out_channels_last"),
+        py::arg("out_float16"), py::arg("out"),
         "y = (x * scale - mean[c]) / std[c] of a C-contiguous 4-D uint8/uint16/float batch, "
         "as float32/float16 in NCHW or NHWC (private; use normcpp.normalize).");
   m.def("channel_stats", &channel_stats_py, py::arg("batch"), py::arg("N"), py::arg("C"),

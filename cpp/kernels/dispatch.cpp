@@ -12,9 +12,9 @@
 namespace normcpp {
 namespace kernels {
 
-#define NORMCPP_DECLARE_LEVEL(ns)       \
-  namespace ns {                        \
-  const KernelTable& table();           \
+#define NORMCPP_DECLARE_LEVEL(ns)        \
+  namespace ns {                         \
+  const KernelTable& table();            \
   const ImageKernelTable& image_table(); \
   }
 #ifdef NORMCPP_HAVE_BASELINE

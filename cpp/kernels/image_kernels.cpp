@@ -81,14 +81,14 @@ constexpr i64 kIntBlock = 16384;
 constexpr i64 kFloatBlock = 4096;
 
 typedef float vf __attribute__((vector_size(NORMCPP_VBYTES)));
-typedef double vd __attribute__((vector_size(NORMCPP_VBYTES)));        // WD doubles
-typedef double vdw __attribute__((vector_size(2 * NORMCPP_VBYTES)));   // W doubles
+typedef double vd __attribute__((vector_size(NORMCPP_VBYTES)));       // WD doubles
+typedef double vdw __attribute__((vector_size(2 * NORMCPP_VBYTES)));  // W doubles
 typedef std::int32_t vi __attribute__((vector_size(NORMCPP_VBYTES)));
 typedef std::int64_t vl __attribute__((vector_size(NORMCPP_VBYTES)));  // vd comparisons
 typedef u32 vu __attribute__((vector_size(NORMCPP_VBYTES)));
-typedef u64 vu64 __attribute__((vector_size(2 * NORMCPP_VBYTES)));     // W uint64
-typedef u16 vh __attribute__((vector_size(NORMCPP_VBYTES / 2)));       // W uint16
-typedef float vfh __attribute__((vector_size(NORMCPP_VBYTES / 2)));    // WD floats
+typedef u64 vu64 __attribute__((vector_size(2 * NORMCPP_VBYTES)));   // W uint64
+typedef u16 vh __attribute__((vector_size(NORMCPP_VBYTES / 2)));     // W uint16
+typedef float vfh __attribute__((vector_size(NORMCPP_VBYTES / 2)));  // WD floats
 
 // Unaligned loads and stores of any vector type (one vmovups each).
 template <class V, class E>
@@ -153,7 +153,8 @@ inline vf load_f16(const u16* p) {
   return reinterpret_cast<vf>(
       _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
 #elif defined(__AVX__) && defined(__F16C__)
-  return reinterpret_cast<vf>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  return reinterpret_cast<vf>(
+      _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 #elif defined(__aarch64__)
   uint16x4_t u;
   std::memcpy(&u, p, sizeof u);
@@ -168,13 +169,13 @@ inline vf load_f16(const u16* p) {
 // W float16 values from W float lanes (round to nearest even).
 inline void store_f16(u16* p, vf v) {
 #if defined(__AVX512F__)
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                      _mm512_cvtps_ph(reinterpret_cast<__m512>(v),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  _mm256_storeu_si256(
+      reinterpret_cast<__m256i*>(p),
+      _mm512_cvtps_ph(reinterpret_cast<__m512>(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #elif defined(__AVX__) && defined(__F16C__)
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
-                   _mm256_cvtps_ph(reinterpret_cast<__m256>(v),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  _mm_storeu_si128(
+      reinterpret_cast<__m128i*>(p),
+      _mm256_cvtps_ph(reinterpret_cast<__m256>(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #elif defined(__aarch64__)
   const uint16x4_t u = vreinterpret_u16_f16(vcvt_f16_f32(reinterpret_cast<float32x4_t>(v)));
   std::memcpy(p, &u, sizeof u);
@@ -186,9 +187,11 @@ inline void store_f16(u16* p, vf v) {
 // W uint8 values as uint32 lanes.
 inline vu load_u8_u32(const u8* p) {
 #if defined(__AVX512F__)
-  return reinterpret_cast<vu>(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  return reinterpret_cast<vu>(
+      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 #elif defined(__AVX2__)
-  return reinterpret_cast<vu>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  return reinterpret_cast<vu>(
+      _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 #elif defined(__SSE2__)
   int b;
   std::memcpy(&b, p, sizeof b);
@@ -365,7 +368,8 @@ inline void store16_u8(O* y, __m128i v, vf a, vf b) {
   Out<O>::store(y, reinterpret_cast<vf>(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v))) * a + b);
 #else
   const vf lo = reinterpret_cast<vf>(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)));
-  const vf hi = reinterpret_cast<vf>(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))));
+  const vf hi =
+      reinterpret_cast<vf>(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))));
   Out<O>::store(y, lo * a + b);
   Out<O>::store(y + 8, hi * a + b);
 #endif
@@ -387,12 +391,15 @@ i64 rgb_to_planar(const u8* __restrict x, O* __restrict y, i64 npix, i64 ys, con
     const __m128i v0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
     const __m128i v1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 16));
     const __m128i v2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 32));
-    const __m128i r = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(v0, m[0][0]), _mm_shuffle_epi8(v1, m[0][1])),
-                                   _mm_shuffle_epi8(v2, m[0][2]));
-    const __m128i g = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(v0, m[1][0]), _mm_shuffle_epi8(v1, m[1][1])),
-                                   _mm_shuffle_epi8(v2, m[1][2]));
-    const __m128i bl = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(v0, m[2][0]), _mm_shuffle_epi8(v1, m[2][1])),
-                                    _mm_shuffle_epi8(v2, m[2][2]));
+    const __m128i r =
+        _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(v0, m[0][0]), _mm_shuffle_epi8(v1, m[0][1])),
+                     _mm_shuffle_epi8(v2, m[0][2]));
+    const __m128i g =
+        _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(v0, m[1][0]), _mm_shuffle_epi8(v1, m[1][1])),
+                     _mm_shuffle_epi8(v2, m[1][2]));
+    const __m128i bl =
+        _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(v0, m[2][0]), _mm_shuffle_epi8(v1, m[2][1])),
+                     _mm_shuffle_epi8(v2, m[2][2]));
     store16_u8(y + p, r, a0, b0);
     store16_u8(y + ys + p, g, a1, b1);
     store16_u8(y + 2 * ys + p, bl, a2, b2);
@@ -571,8 +578,7 @@ void int_block(const T* x, i64 nrows, i64 L, i64 tail, u64* S, u64* Q, u64* Mn, 
 }
 
 template <class T>
-void int_stats(const void* xv, i64 rows, i64 C, u64* scratch, u64* S, u64* Q, u32* mn,
-               u32* mx) {
+void int_stats(const void* xv, i64 rows, i64 C, u64* scratch, u64* S, u64* Q, u32* mn, u32* mx) {
   const T* x = static_cast<const T*>(xv);
   const i64 P = period(C, W, 2);
   const i64 L = P ? P : C;
@@ -636,10 +642,11 @@ template <bool Sq, int NV, class T>
 inline void float_strip(const T* x, i64 nrows, i64 L, const double* K, double* S, double* Q,
                         double* Mn, double* Mx) {
   vd k[NV], s0[NV], s1[NV], q0[NV], q1[NV], lo[NV], hi[NV];
-  vl nan{};
+  vl nan[NV];
   for (int v = 0; v < NV; ++v) {
     k[v] = vload<vd>(K + v * WD);
     s0[v] = s1[v] = q0[v] = q1[v] = vd{};
+    nan[v] = vl{};
     lo[v] = splat<vd>(std::numeric_limits<double>::infinity());
     hi[v] = -lo[v];
   }
@@ -659,7 +666,7 @@ inline void float_strip(const T* x, i64 nrows, i64 L, const double* K, double* S
         lo[v] = b < lo[v] ? b : lo[v];
         hi[v] = a > hi[v] ? a : hi[v];
         hi[v] = b > hi[v] ? b : hi[v];
-        nan |= (a != a) | (b != b);
+        nan[v] |= (a != a) | (b != b);
       }
     }
   }
@@ -674,7 +681,7 @@ inline void float_strip(const T* x, i64 nrows, i64 L, const double* K, double* S
       } else {
         lo[v] = a < lo[v] ? a : lo[v];
         hi[v] = a > hi[v] ? a : hi[v];
-        nan |= (a != a);
+        nan[v] |= (a != a);
       }
     }
   }
@@ -684,8 +691,8 @@ inline void float_strip(const T* x, i64 nrows, i64 L, const double* K, double* S
       vstore(Q + v * WD, vload<vd>(Q + v * WD) + (q0[v] + q1[v]));
     } else {
       const vd qnan = splat<vd>(std::numeric_limits<double>::quiet_NaN());
-      const vd mn = vmin_nan(nan ? qnan : lo[v], vload<vd>(Mn + v * WD));
-      const vd mx = vmax_nan(nan ? qnan : hi[v], vload<vd>(Mx + v * WD));
+      const vd mn = vmin_nan(nan[v] ? qnan : lo[v], vload<vd>(Mn + v * WD));
+      const vd mx = vmax_nan(nan[v] ? qnan : hi[v], vload<vd>(Mx + v * WD));
       vstore(Mn + v * WD, mn);
       vstore(Mx + v * WD, mx);
     }

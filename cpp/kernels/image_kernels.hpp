@@ -32,8 +32,7 @@ using NormalizeToPlanar = void (*)(const void* x, void* y, std::int64_t npix, st
                                    std::int64_t ystride, const ChannelAffine& k);
 // Planar x[c * xstride + p] -> channels-last y[p * C + c], p in [0, npix).
 using NormalizeToChannelsLast = void (*)(const void* x, std::int64_t xstride, void* y,
-                                         std::int64_t npix, std::int64_t C,
-                                         const ChannelAffine& k);
+                                         std::int64_t npix, std::int64_t C, const ChannelAffine& k);
 
 // Exact statistics of a rows x C channels-last matrix of uint8/uint16 (a planar run: C = 1),
 // added into per-channel S[c] (sum), Q[c] (sum of squares), mn[c], mx[c]. The caller keeps

@@ -340,7 +340,7 @@ void strip_pass(const T* x, i64 nrows, i64 ld, i64 wd, i64 tail, const typename 
 // belongs to channel p mod C; otherwise as rows of C with scalar channel tails. Blocks of
 // kClBlock elements stay in L1/L2 for the second pass; each block's moments are merged into
 // the running per-channel (mean, m2) in double.
-constexpr i64 kClBlock = 8192;
+constexpr i64 kClBlock = 32768;
 
 template <class T>
 void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double* mean,

@@ -274,9 +274,8 @@ void row_backward_t(const void* xv, const void* dyv, void* dxv, i64 rows, i64 L,
   const T* x = static_cast<const T*>(xv);
   const T* dy = static_cast<const T*>(dyv);
   T* dx = static_cast<T*>(dxv);
-  std::vector<A> W;
-  if (weight.present()) W = param_vector<A>(weight, L, 1.0);
-  const A* Wp = W.empty() ? nullptr : W.data();
+  std::vector<A> w_store;
+  const A* Wp = param_view<A>(weight, L, w_store);
   std::vector<A> Mr(static_cast<std::size_t>(rows)), Ir(Mr);
   for (i64 r = 0; r < rows; ++r) {
     Mr[static_cast<std::size_t>(r)] = static_cast<A>(mean ? mean[r] : 0.0);
@@ -307,12 +306,19 @@ void row_backward_t(const void* xv, const void* dyv, void* dxv, i64 rows, i64 L,
   if (gw || gb) row_param_grads<T>(x, dy, rows, L, Mr, Ir, gw, gb);
 }
 
+// (N, C) data (one spatial position) is channels-last too; that path vectorizes along C.
+NCSGradRef prefer_rows(NCSGradRef t) {
+  if (t.S == 1) t.layout = Layout::channels_last;
+  return t;
+}
+
 }  // namespace
 }  // namespace ops
 
-void batch_norm_backward(const NCSGradRef& t, ParamRef weight, const double* mean,
+void batch_norm_backward(const NCSGradRef& t_in, ParamRef weight, const double* mean,
                          const double* invstd, bool training, double* grad_weight,
                          double* grad_bias) {
+  const NCSGradRef t = ops::prefer_rows(t_in);
   ops::check_ncs({t.x, t.dx, t.dtype, t.N, t.C, t.S, t.layout});
   ops::check_param(weight, "weight", t.C, "channel");
   ops::by_dtype(t.dtype, [&](auto tag) {
@@ -321,17 +327,19 @@ void batch_norm_backward(const NCSGradRef& t, ParamRef weight, const double* mea
   });
 }
 
-void batch_norm_backward_reduce(const NCSGradRef& t, const double* mean, const double* invstd,
+void batch_norm_backward_reduce(const NCSGradRef& t_in, const double* mean, const double* invstd,
                                 double* sum_dy, double* sum_dy_xhat) {
+  const NCSGradRef t = ops::prefer_rows(t_in);
   ops::check_ncs({t.x, const_cast<void*>(t.dy), t.dtype, t.N, t.C, t.S, t.layout});
   ops::by_dtype(t.dtype, [&](auto tag) {
     ops::batch_norm_backward_reduce_t<decltype(tag)>(t, mean, invstd, sum_dy, sum_dy_xhat);
   });
 }
 
-void batch_norm_backward_elemt(const NCSGradRef& t, ParamRef weight, const double* mean,
+void batch_norm_backward_elemt(const NCSGradRef& t_in, ParamRef weight, const double* mean,
                                const double* invstd, const double* sum_dy,
                                const double* sum_dy_xhat, double count) {
+  const NCSGradRef t = ops::prefer_rows(t_in);
   ops::check_ncs({t.x, t.dx, t.dtype, t.N, t.C, t.S, t.layout});
   ops::check_param(weight, "weight", t.C, "channel");
   if (!(count >= 1.0)) ops::fail("count must be >= 1, got " + ops::str(count));
@@ -341,8 +349,9 @@ void batch_norm_backward_elemt(const NCSGradRef& t, ParamRef weight, const doubl
   });
 }
 
-void instance_norm_backward(const NCSGradRef& t, ParamRef weight, const double* mean,
+void instance_norm_backward(const NCSGradRef& t_in, ParamRef weight, const double* mean,
                             const double* invstd, double* grad_weight, double* grad_bias) {
+  const NCSGradRef t = ops::prefer_rows(t_in);
   ops::check_ncs({t.x, t.dx, t.dtype, t.N, t.C, t.S, t.layout});
   ops::check_param(weight, "weight", t.C, "channel");
   ops::by_dtype(t.dtype, [&](auto tag) {
@@ -350,9 +359,10 @@ void instance_norm_backward(const NCSGradRef& t, ParamRef weight, const double* 
   });
 }
 
-void group_norm_backward(const NCSGradRef& t, std::int64_t groups, ParamRef weight,
+void group_norm_backward(const NCSGradRef& t_in, std::int64_t groups, ParamRef weight,
                          const double* mean, const double* invstd, double* grad_weight,
                          double* grad_bias) {
+  const NCSGradRef t = ops::prefer_rows(t_in);
   ops::check_ncs({t.x, t.dx, t.dtype, t.N, t.C, t.S, t.layout});
   if (groups <= 0 || t.C % groups != 0)
     ops::fail("num_groups (" + ops::str(groups) + ") must be > 0 and divide the number of "

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/kernels.hpp"
@@ -75,11 +76,33 @@ inline void check_running(const RunningUpdate& r, i64 C) {
 }
 
 // An optional parameter as a vector of n values (dflt where absent).
+// Copies p[0..n) into out (converting), one typed loop per storage type.
+template <class S, class A>
+void convert_param(const S* src, i64 stride, i64 n, A* out) {
+  for (i64 i = 0; i < n; ++i) out[i] = static_cast<A>(src[i * stride]);
+}
+
 template <class A>
 std::vector<A> param_vector(const ParamRef& p, i64 n, double dflt) {
-  std::vector<A> v(static_cast<std::size_t>(n));
-  for (i64 i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = static_cast<A>(p.present() ? p.get(i) : dflt);
+  std::vector<A> v(static_cast<std::size_t>(n), static_cast<A>(dflt));
+  if (!p.present()) return v;
+  if (p.dtype == DType::f64)
+    convert_param(static_cast<const double*>(p.data), p.stride, n, v.data());
+  else
+    convert_param(static_cast<const float*>(p.data), p.stride, n, v.data());
   return v;
+}
+
+// A per-element parameter as contiguous values of type A: the caller's own memory when it
+// already is that (no copy: a LayerNorm weight can be as large as the input), else a
+// converted copy in `storage`. nullptr when absent.
+template <class A>
+const A* param_view(const ParamRef& p, i64 n, std::vector<A>& storage) {
+  if (!p.present()) return nullptr;
+  const bool same = (p.dtype == DType::f64) == std::is_same<A, double>::value;
+  if (same && p.stride == 1) return static_cast<const A*>(p.data);
+  storage = param_vector<A>(p, n, 0.0);
+  return storage.data();
 }
 
 inline std::vector<double> param_vector_d(const ParamRef& p, i64 n, double dflt) {

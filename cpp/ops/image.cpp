@@ -271,8 +271,7 @@ void normalize_images(const ImageRef& x, void* y, DType out_type, Layout out_lay
     if (!std::isfinite(mean[c]))
       ops::fail("mean must be finite, got " + str(mean[c]) + " for channel " + str(c));
     if (!std::isfinite(stdev[c]) || stdev[c] == 0.0)
-      ops::fail("std must be finite and non-zero, got " + str(stdev[c]) + " for channel " +
-                str(c));
+      ops::fail("std must be finite and non-zero, got " + str(stdev[c]) + " for channel " + str(c));
     ad[u] = scale / stdev[c];
     bd[u] = -mean[c] / stdev[c];
     af[u] = static_cast<float>(ad[u]);
@@ -290,8 +289,9 @@ void normalize_images(const ImageRef& x, void* y, DType out_type, Layout out_lay
     const auto y1 = y0 + static_cast<std::uintptr_t>(total) * osz;
     const bool in_place = x0 == y0 && isz == osz && x.layout == out_layout;
     if (x0 < y1 && y0 < x1 && !in_place)
-      ops::fail("normalize: out overlaps the images (only an exact in-place call with the same "
-                "layout and element size is allowed)");
+      ops::fail(
+          "normalize: out overlaps the images (only an exact in-place call with the same "
+          "layout and element size is allowed)");
   }
   const auto& k = kernels::active_image();
   const int ti = ops::in_index(x.type);

@@ -291,9 +291,9 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
   const auto& k = Kern<T>::get();
   const T* x = static_cast<const T*>(xv);
   T* y = static_cast<T*>(yv);
-  std::vector<A> W, B;
-  if (weight.present()) W = param_vector<A>(weight, L, 1.0);
-  if (bias.present()) B = param_vector<A>(bias, L, 0.0);
+  std::vector<A> w_store, b_store;
+  const A* W = param_view<A>(weight, L, w_store);
+  const A* B = param_view<A>(bias, L, b_store);
   std::vector<double> mean(static_cast<std::size_t>(rows)), var(mean);
   std::vector<A> Mr(static_cast<std::size_t>(rows)), Ir(Mr);
   auto finish = [&](i64 r, const Moments& m) {
@@ -306,8 +306,8 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
   auto apply = [&](i64 r, i64 e0, i64 e1) {
     const auto i = static_cast<std::size_t>(r);
     const i64 off = r * L + e0;
-    k.apply_row(x + off, y + off, e1 - e0, Mr[i], Ir[i], W.empty() ? nullptr : W.data() + e0,
-                B.empty() ? nullptr : B.data() + e0, act);
+    k.apply_row(x + off, y + off, e1 - e0, Mr[i], Ir[i], W ? W + e0 : nullptr,
+                B ? B + e0 : nullptr, act);
   };
   const RunGeom g{rows, 1, L, 0, L};
   if (rms) {
@@ -329,8 +329,26 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
 }  // namespace
 }  // namespace ops
 
-void batch_norm(const NCSRef& t, const RunningUpdate& running, ParamRef weight, ParamRef bias,
+// Statistics of empty slots are undefined: NaN, as np.mean of an empty array.
+static void saved_nan(SavedStats saved, std::int64_t n) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (saved.mean) saved.mean[i] = nan;
+    if (saved.invstd) saved.invstd[i] = nan;
+  }
+}
+
+// With one spatial position (N, C) data is channels-last too, and that path vectorizes along
+// C instead of walking N*C runs of length 1.
+static NCSRef prefer_rows(const NCSRef& t) {
+  NCSRef r = t;
+  if (r.S == 1) r.layout = Layout::channels_last;
+  return r;
+}
+
+void batch_norm(const NCSRef& t_in, const RunningUpdate& running, ParamRef weight, ParamRef bias,
                 bool training, double eps, SavedStats saved, Activation act) {
+  const NCSRef t = prefer_rows(t_in);
   ops::check_ncs(t);
   ops::check_eps(eps);
   ops::check_momentum(running.momentum);
@@ -344,13 +362,18 @@ void batch_norm(const NCSRef& t, const RunningUpdate& running, ParamRef weight, 
   if (training && t.N * t.S == 1)
     ops::fail("Expected more than 1 value per channel when training, got input with N=" +
               ops::str(t.N) + " and 1 spatial position");
+  if (t.N * t.S == 0) {  // nothing to normalize, no statistics to update
+    if (training) saved_nan(saved, t.C);
+    return;
+  }
   ops::by_dtype(t.dtype, [&](auto tag) {
     ops::batch_norm_t<decltype(tag)>(t, running, weight, bias, training, eps, saved,
                                      static_cast<int>(act));
   });
 }
 
-void batch_norm_stats(const NCSRef& t, double* count, double* mean, double* m2) {
+void batch_norm_stats(const NCSRef& t_in, double* count, double* mean, double* m2) {
+  const NCSRef t = prefer_rows(t_in);
   ops::check_ncs({t.x, const_cast<void*>(t.x), t.dtype, t.N, t.C, t.S, t.layout});
   for (std::int64_t c = 0; c < t.C; ++c) count[c] = mean[c] = m2[c] = 0.0;
   ops::by_dtype(t.dtype, [&](auto tag) {
@@ -383,13 +406,18 @@ void instance_norm(const NCSRef& t, const RunningUpdate& running, ParamRef weigh
   if (t.S == 1 && t.N * t.C > 0)
     ops::fail("Expected more than 1 spatial element when using input statistics, got " +
               ops::str(t.S));
+  if (t.N * t.S == 0) {
+    saved_nan(saved, t.N * t.C);
+    return;
+  }
   ops::by_dtype(t.dtype, [&](auto tag) {
     ops::instance_norm_t<decltype(tag)>(t, running, weight, bias, eps, saved);
   });
 }
 
-void group_norm(const NCSRef& t, std::int64_t groups, ParamRef weight, ParamRef bias,
+void group_norm(const NCSRef& t_in, std::int64_t groups, ParamRef weight, ParamRef bias,
                 double eps, SavedStats saved, Activation act) {
+  const NCSRef t = prefer_rows(t_in);
   ops::check_ncs(t);
   ops::check_eps(eps);
   if (groups <= 0) ops::fail("num_groups must be > 0, got " + ops::str(groups));
@@ -398,6 +426,10 @@ void group_norm(const NCSRef& t, std::int64_t groups, ParamRef weight, ParamRef 
               ops::str(t.C) + ")");
   ops::check_param(weight, "weight", t.C, "channel");
   ops::check_param(bias, "bias", t.C, "channel");
+  if (t.N * t.S == 0) {
+    saved_nan(saved, t.N * groups);
+    return;
+  }
   ops::by_dtype(t.dtype, [&](auto tag) {
     ops::group_norm_t<decltype(tag)>(t, groups, weight, bias, eps, saved, static_cast<int>(act));
   });
@@ -409,6 +441,10 @@ void layer_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int
   if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
   ops::check_param(weight, "weight", row_len, "normalized element");
   ops::check_param(bias, "bias", row_len, "normalized element");
+  if (rows * row_len == 0) {
+    saved_nan(saved, rows);
+    return;
+  }
   ops::by_dtype(dtype, [&](auto tag) {
     ops::row_norm_t<decltype(tag)>(x, y, rows, row_len, weight, bias, eps, saved, false,
                                    static_cast<int>(act));
@@ -420,6 +456,10 @@ void rms_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int64
   ops::check_eps(eps);
   if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
   ops::check_param(weight, "weight", row_len, "normalized element");
+  if (rows * row_len == 0) {
+    saved_nan(saved, rows);
+    return;
+  }
   ops::by_dtype(dtype, [&](auto tag) {
     ops::row_norm_t<decltype(tag)>(x, y, rows, row_len, weight, ParamRef{}, eps, saved, true, 0);
   });

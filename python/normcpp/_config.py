@@ -69,8 +69,8 @@ def set_num_threads(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     n = int(n.__index__()) if not isinstance(n, int) else n
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if n < 1 or n > 2**31 - 1:
+        raise ValueError(f"n must be between 1 and 2**31 - 1, got {n}")
     _core.set_num_threads(n)
 
 

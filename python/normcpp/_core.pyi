@@ -8,7 +8,7 @@ input's dtype and layout; ``*_forward`` also return the float64 statistics that 
 """
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from typing_extensions import TypeAlias
@@ -226,3 +226,24 @@ def selected_isa() -> str: ...
 def select_isa(name: str) -> None:
     """Force a level: ``ValueError`` if unknown or not compiled, ``RuntimeError`` if the CPU
     lacks it."""
+
+# ---- images (normcpp.image) -----------------------------------------------------------------
+
+def normalize_images(
+    images: _Array,
+    mean: _Array,
+    std: _Array,
+    scale: float,
+    channels_last: bool,
+    out_channels_last: bool,
+    out_float16: bool,
+    out: _Array | None,
+) -> _Array:
+    """``(x * scale - mean[c]) / std[c]`` of a C-contiguous 4-D uint8/uint16/float batch
+    (NHWC if ``channels_last`` else NCHW) as float32/float16 NCHW or NHWC, into ``out``
+    (allocated when None)."""
+
+def channel_stats(batch: _Array, N: int, C: int, P: int, channels_last: bool) -> dict[str, Any]:
+    """Per-channel ``count``, ``mean``, ``m2``, ``min``, ``max`` and ``exact`` of a C-contiguous
+    (N, C, P) or (N, P, C) batch; integer input adds exact ``sum``, ``sum_sq_lo``,
+    ``sum_sq_hi`` (uint64 arrays)."""

@@ -154,6 +154,17 @@ def _overlaps(out: np.ndarray | None, input: np.ndarray) -> bool:
     return isinstance(out, np.ndarray) and np.may_share_memory(out, input)
 
 
+def _check_finite_stats(mean: np.ndarray, var: np.ndarray) -> None:
+    """ValueError (before any running statistic changes) for NaN/inf batch statistics."""
+    bad = ~(np.isfinite(mean) & np.isfinite(var))
+    if bad.any():
+        c = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"non-finite batch statistics for channel {c} (mean={mean[c]}, var={var[c]}): "
+            "running_mean and running_var were left unchanged; the input has NaN or inf values"
+        )
+
+
 def _frozen_stats(
     running_mean: np.ndarray, running_var: np.ndarray, eps: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -952,8 +963,11 @@ class _BatchNorm(_NormBase):
         self._recorder.add(*_local_moments(input))
 
     def _update_running(self, mean: np.ndarray, unbiased_var: np.ndarray) -> None:
-        """``running = (1 - m) * running + m * batch`` in float64, stored in place."""
+        """``running = (1 - m) * running + m * batch`` in float64, stored in place. A NaN or
+        inf batch statistic raises first and changes nothing (the functional ops' default
+        ``nonfinite="raise"`` policy)."""
         assert self.running_mean is not None and self.running_var is not None
+        _check_finite_stats(mean, unbiased_var)
         m = self._momentum_factor()
         new_mean = (1.0 - m) * self.running_mean.astype(np.float64) + m * mean
         new_var = (1.0 - m) * self.running_var.astype(np.float64) + m * unbiased_var

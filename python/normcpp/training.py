@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .modules import Module, _BatchNorm, _Recorder
+from .modules import Module, _BatchNorm, _check_finite_stats, _Recorder
 
 __all__ = ["freeze_batchnorm", "recalibrate", "unfreeze_batchnorm"]
 
@@ -309,6 +309,8 @@ def recalibrate(
                 f"{m!r} saw {total} value(s) per channel during recalibration; the variance "
                 "needs at least 2"
             )
+        assert rec.mean is not None and rec.m2 is not None
+        _check_finite_stats(rec.mean, rec.m2)
     for m, rec in zip(bns, recorders):
         assert rec.count is not None and rec.mean is not None and rec.m2 is not None
         assert m.running_mean is not None and m.running_var is not None
