@@ -26,6 +26,7 @@ from . import (
 from ._config import config, get_num_threads, set_num_threads
 from .fold import fold_batchnorm
 from .functional import *
+from .image import ChannelStats, normalize
 from .interop import BatchNormNd, from_keras_batchnorm, from_torch
 from .modules import (
     BatchNorm1d,
@@ -67,6 +68,7 @@ __all__ = [  # noqa: RUF022 (grouped: functional API, then modules and tools)
     "BatchNorm2d",
     "BatchNorm3d",
     "BatchNormNd",
+    "ChannelStats",
     "GroupNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",
@@ -82,6 +84,7 @@ __all__ = [  # noqa: RUF022 (grouped: functional API, then modules and tools)
     "from_keras_batchnorm",
     "from_torch",
     "get_num_threads",
+    "normalize",
     "onnx",
     "recalibrate",
     "set_num_threads",
