@@ -1245,7 +1245,49 @@ def _onnx_call(fn_name, *args):
     return build
 
 
+def _normalize(images=None, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), **kw):
+    def build() -> Call:
+        x = images() if images else np.full((2, 4, 4, 3), 7, np.uint8)
+        out = kw.get("out")
+        if callable(out):
+            kw["out"] = out()
+        return Call(nc.normalize, (x, list(mean), list(std)), dict(kw),
+                    may_change=(kw["out"],) if "out" in kw else ())
+
+    return build
+
+
+def _stats_update(batch):
+    def build() -> Call:
+        st = nc.ChannelStats(3).update(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+        before = tuple(np.array(v, copy=True) for v in (st.count, st.mean, st.var))
+
+        def call():
+            try:
+                return st.update(batch())
+            finally:  # a failed update leaves the statistics as they were
+                after = (st.count, st.mean, st.var)
+                assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+        return Call(call)
+
+    return build
+
+
 OTHER_CASES = [
+    ("normalize-int32-images", "normalize", TypeError, "images",
+     _normalize(images=lambda: np.zeros((2, 4, 4, 3), np.int32))),
+    ("normalize-mean-length", "normalize", ValueError, "mean", _normalize(mean=(0.0, 0.0))),
+    ("normalize-zero-std", "normalize", ValueError, "std", _normalize(std=(1.0, 0.0, 1.0))),
+    ("normalize-out-dtype", "normalize", TypeError, "out",
+     _normalize(out=lambda: np.zeros((2, 3, 4, 4), np.float64))),
+    ("ChannelStats-zero-channels", "ChannelStats", ValueError, "num_channels",
+     lambda: Call(nc.ChannelStats, (0,))),
+    ("ChannelStats-negative-ddof", "ChannelStats", ValueError, "ddof",
+     lambda: Call(nc.ChannelStats, (3,), {"ddof": -1})),
+    ("ChannelStats-update-wrong-channels", "ChannelStats", ValueError, "channels",
+     _stats_update(lambda: np.zeros((2, 4, 5), np.float32))),
+    ("ChannelStats-update-str", "ChannelStats", TypeError, "batch", _stats_update(lambda: "a")),
     ("fold_batchnorm-unknown-kind", "fold_batchnorm", ValueError, "kind", _fold(kind="dense")),
     ("fold_batchnorm-zero-groups", "fold_batchnorm", ValueError, "groups", _fold(groups=0)),
     ("fold_batchnorm-int-weight", "fold_batchnorm", TypeError, "weight",
