@@ -41,14 +41,28 @@ machine), ``speedup.png`` (if matplotlib imports) and, with ``--markdown``, ``RE
 EXTENDING: a benchmark row is a :class:`Case` (op name, shape, layout, dtype, params) in the
 list built by :func:`build_cases`; an op is an :class:`OpSpec` in ``OPS`` that says how to
 make its arguments and how to call normcpp, NumPy, torch and ONNX Runtime on them. To add
-backward passes, ``normalize`` or fused activations, write one ``OpSpec`` (peers that lack
-the op return ``None`` and show as n/a) and append ``Case`` rows -- see the marked section
-"ADD NEW OPS HERE" near the end of the op registry.
+one, write an ``OpSpec`` (peers that lack the op return ``None`` and show as n/a) and append
+``Case`` rows -- see the marked sections "ADD NEW OPS HERE" and "ADD NEW ROWS HERE".
+
+Rows beyond the plain forward ops (all float32 unless noted; ``--filter '+|normalize'``
+selects exactly these):
+
+* ``<op>+bwd`` -- one training step, forward + backward: normcpp ``*_forward`` then
+  ``*_backward`` vs PyTorch autograd (``x.requires_grad_(); y = F.op(...); y.backward(dy)``,
+  weight and bias requiring grad) vs NumPy's closed form, for batch_norm (train),
+  instance_norm, group_norm, layer_norm and rms_norm. The result is grad_input; normcpp's is
+  checked against PyTorch's (rtol 1e-3, atol 1e-4), the peers against float64 NumPy.
+* ``<op>+relu|silu|gelu`` -- eval batch_norm / group_norm / layer_norm with normcpp's fused
+  ``activation=`` vs the norm followed by the activation (NumPy; torch ``F.relu``/``F.silu``
+  in place, ``F.gelu``).
+* ``normalize`` -- ``normcpp.normalize`` of uint8 NHWC images to float32 NCHW vs the NumPy
+  expression and the torchvision-style tensor pipeline; its ``copy`` is of the output bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import functools
 import gc
@@ -158,6 +172,8 @@ class Case:
             extra = " ns=" + "x".join(map(str, p["normalized_shape"]))
         if "num_groups" in p:
             extra = f" G={p['num_groups']}"
+        if "to" in p:
+            extra = f" -> {p['to']}"
         shape = "x".join(map(str, self.shape))
         return f"{self.op} {shape} {self.layout} {self.dtype}{extra}"
 
@@ -177,6 +193,14 @@ CNN_SHAPES = [
 BN2D_SHAPES = [(256, 1024), (4096, 64)]
 SEQ_SHAPES = [(8, 512, 768), (1, 128, 4096), (64, 197, 384)]
 LN_CHW_SHAPES = [(1, 64, 56, 56)]
+
+# new rows: forward+backward, fused activations, normalize (uint8 images, logical NCHW)
+BWD_CNN_SHAPES = [(8, 256, 28, 28), (32, 64, 56, 56)]
+BWD_CL_SHAPE = (32, 64, 56, 56)
+BWD_SEQ_SHAPES = [(8, 512, 768), (64, 197, 384)]
+FUSED_CNN_SHAPE = (32, 64, 56, 56)
+FUSED_SEQ_SHAPE = (8, 512, 768)
+NORMALIZE_SHAPE = (32, 3, 224, 224)
 
 QUICK_SHAPES = {(1, 16, 8, 8), (8, 256, 28, 28), (256, 1024), (1, 128, 4096)}
 
@@ -234,6 +258,32 @@ def build_cases(quick: bool = False) -> list[Case]:
 
     # --- ADD NEW ROWS HERE (backward passes, normalize, fused activations, ...) -------
     # e.g. cases.append(Case("batch_norm_backward", (32, 64, 56, 56), "nhwc"))
+
+    # --- float32: forward + backward vs PyTorch autograd (labels "<op>+bwd") ---------
+    for shape, layout in [(s, "nchw") for s in BWD_CNN_SHAPES] + [(BWD_CL_SHAPE, "nhwc")]:
+        if keep(shape):
+            g = (("num_groups", min(32, shape[1])),)
+            cases += [Case("batch_norm_train+bwd", shape, layout),
+                      Case("instance_norm+bwd", shape, layout),
+                      Case("group_norm+bwd", shape, layout, params=g)]
+    for shape in BWD_SEQ_SHAPES:
+        if keep(shape):
+            ns = (("normalized_shape", shape[-1:]),)
+            cases += [Case("layer_norm+bwd", shape, "rows", params=ns),
+                      Case("rms_norm+bwd", shape, "rows", params=ns)]
+    # --- float32: eval norms with a fused activation (labels "<op>+relu|silu|gelu") ---
+    if keep(FUSED_CNN_SHAPE):
+        for layout in ("nchw", "nhwc"):
+            cases += [Case(f"batch_norm_eval+{a}", FUSED_CNN_SHAPE, layout) for a in FUSED_ACTS]
+        cases += [Case(f"group_norm+{a}", FUSED_CNN_SHAPE, "nchw",
+                       params=(("num_groups", 32),)) for a in FUSED_ACTS]
+    if keep(FUSED_SEQ_SHAPE):
+        cases += [Case(f"layer_norm+{a}", FUSED_SEQ_SHAPE, "rows",
+                       params=(("normalized_shape", FUSED_SEQ_SHAPE[-1:]),)) for a in FUSED_ACTS]
+    # --- normalize: uint8 NHWC images -> float32 NCHW ---------------------------------
+    if keep(NORMALIZE_SHAPE):
+        cases.append(Case("normalize", NORMALIZE_SHAPE, "nhwc", "uint8",
+                          (("to", "float32 nchw"),)))
     return cases
 
 
@@ -267,10 +317,14 @@ def make_input(case: Case) -> tuple[np.ndarray, np.ndarray]:
             mem_shape = (n, h, w, c)
         else:
             mem_shape = case.shape
-        base = rng.standard_normal(mem_shape, dtype=np.float32)
-        base *= 2.0
-        base += 0.5
-        base = base.astype(case.dtype, copy=False)
+        if np.dtype(case.dtype).kind in "iu":  # images: uniform over the whole range
+            base = rng.integers(0, np.iinfo(case.dtype).max, mem_shape, dtype=case.dtype,
+                                endpoint=True)
+        else:
+            base = rng.standard_normal(mem_shape, dtype=np.float32)
+            base *= 2.0
+            base += 0.5
+            base = base.astype(case.dtype, copy=False)
         x = base.transpose(0, 3, 1, 2) if case.layout == "nhwc" else base
         _INPUT_CACHE[key] = (x, base)
     return _INPUT_CACHE[key]
@@ -311,6 +365,22 @@ class OpSpec:
     onnx(d) -> (op_type, opset, attrs, {init_name: array}, n_outputs) | None
     fresh(d) -> None                   reset mutable state (running stats) before a
                                        verification call
+
+    Optional, for ops whose result is not "the input's shape, dtype and layout":
+
+    out_dtype                          result dtype when it is not the input's (normalize:
+                                       uint8 in, float32 out); verification and NumPy use it
+    out_like(d) -> ndarray             preallocated ``out=`` (default ``empty_like(x)``);
+                                       ``has_out=False``: no ``out=`` column (fwd+bwd rows)
+    keeps_layout                       False: the result is NCHW whatever the input layout
+    copy_of(d) -> ndarray              the array whose copy is the roofline (default: the
+                                       input's memory; normalize: its float32 output)
+    autograd                           True: the torch callable runs outside
+                                       ``torch.inference_mode()`` (it calls ``.backward``)
+    nc_ref(d) -> ndarray | None        what normcpp's result is checked against instead of the
+                                       float64 NumPy reference (fwd+bwd rows: PyTorch's dx),
+                                       with tolerance ``nc_tol`` (rtol, atol); None: the
+                                       float64 reference, still with ``nc_tol``
     """
 
     name: str
@@ -321,6 +391,14 @@ class OpSpec:
     onnx: Callable[[Data], tuple | None] | None = None
     fresh: Callable[[Data], None] | None = None
     check_extra: Callable[[Data, Any], str | None] | None = None
+    out_dtype: str | None = None
+    out_like: Callable[[Data], np.ndarray] | None = None
+    has_out: bool = True
+    keeps_layout: bool = True
+    copy_of: Callable[[Data], np.ndarray] | None = None
+    autograd: bool = False
+    nc_ref: Callable[[Data], np.ndarray | None] | None = None
+    nc_tol: tuple[float, float] | None = None
 
 
 def _ort_params(d: Data, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -587,6 +665,333 @@ OPS: dict[str, OpSpec] = {s.name: s for s in (BN_EVAL, BN_TRAIN, INSTANCE, GROUP
 # or a fused activation (normcpp "activation=relu" vs torch F.relu(F.batch_norm(...))).
 # Then add Case rows in build_cases() under "ADD NEW ROWS HERE".
 
+# ---- forward + backward (one training step) vs PyTorch autograd ------------------------
+# normcpp: ``*_forward`` then ``*_backward`` (the public functional API; grad_input, and
+# grad_weight/grad_bias, are all computed); torch: ``x.requires_grad_(); y = F.op(...);
+# y.backward(dy)`` with weight and bias as parameters (requires_grad, grads reset per call);
+# NumPy: the same forward and the closed-form backward. The cell's result is grad_input;
+# normcpp's is checked against PyTorch's (rtol 1e-3, atol 1e-4), the peers against a
+# float64 NumPy reference. grad_output has the input's shape and memory layout.
+
+BWD_TOL = (1e-3, 1e-4)
+
+
+def _with_grad_out(make):
+    def _make(case: Case, x: np.ndarray, rng) -> Data:
+        d = make(case, x, rng)
+        dyb = rng.standard_normal(d["base"].shape, dtype=np.float32).astype(case.dtype, copy=False)
+        d["dy_base"] = dyb
+        d["dy"] = dyb.transpose(0, 3, 1, 2) if case.layout == "nhwc" else dyb
+        return d
+
+    return _make
+
+
+def _norm_bwd(g, xhat, invstd, axes, center=True):
+    """grad_input of ``y = xhat * w + b`` with ``g = dy * w``, the statistics over ``axes``."""
+    gx = (g * xhat).mean(axis=axes, keepdims=True)
+    dx = g - xhat * gx
+    if center:
+        dx -= g.mean(axis=axes, keepdims=True)
+    dx *= invstd
+    return dx
+
+
+def _ref_fwd_bwd(x, dy, w, b, axes, eps, ct, center=True):
+    """(dx, y, dw_full, db_full): forward and backward over ``axes`` (w, b broadcastable)."""
+    x = x.astype(ct, copy=False)
+    dy = dy.astype(ct, copy=False)
+    if center:
+        mean = x.mean(axis=axes, keepdims=True)
+        xc = x - mean
+    else:
+        xc = x
+    invstd = 1.0 / np.sqrt(np.mean(np.square(xc), axis=axes, keepdims=True) + ct(eps))
+    xhat = xc * invstd
+    y = xhat * w
+    if b is not None:
+        y += b
+    dx = _norm_bwd(dy * w, xhat, invstd, axes, center)
+    return dx, y, dy * xhat
+
+
+def _ref_bn_bwd(d: Data, ct):
+    x = d["x"]
+    w = _bcast(d["weight"].astype(ct), x.ndim)
+    b = _bcast(d["bias"].astype(ct), x.ndim)
+    dx, y, dyx = _ref_fwd_bwd(x, d["dy"], w, b, _bn_axes(x.ndim), d["eps"], ct)
+    axes = _bn_axes(x.ndim)
+    return dx, y, dyx.sum(axis=axes), d["dy"].astype(ct).sum(axis=axes)
+
+
+def _ref_in_bwd(d: Data, ct):
+    x = d["x"]
+    w = _bcast(d["weight"].astype(ct), x.ndim)
+    b = _bcast(d["bias"].astype(ct), x.ndim)
+    dx, y, dyx = _ref_fwd_bwd(x, d["dy"], w, b, tuple(range(2, x.ndim)), d["eps"], ct)
+    return dx, y, dyx.sum(axis=_bn_axes(x.ndim))
+
+
+def _ref_gn_bwd(d: Data, ct):
+    x = d["x"]
+    n, c = x.shape[:2]
+    g = d["num_groups"]
+    gs = (n, g, c // g, -1)  # reshape copies for channels-last, as a NumPy user's code would
+    w = d["weight"].astype(ct).reshape(1, g, c // g, 1)
+    b = d["bias"].astype(ct).reshape(1, g, c // g, 1)
+    dx, y, dyx = _ref_fwd_bwd(x.reshape(gs), d["dy"].reshape(gs), w, b, (2, 3), d["eps"], ct)
+    return dx.reshape(x.shape), y.reshape(x.shape), dyx.sum(axis=(0, 3)).reshape(c)
+
+
+def _ref_ln_bwd(d: Data, ct, rms=False):
+    x = d["x"]
+    axes = tuple(range(_ln_axis(d), x.ndim))
+    w = d["weight"].astype(ct)
+    b = None if rms else d["bias"].astype(ct)
+    dx, y, dyx = _ref_fwd_bwd(x, d["dy"], w, b, axes, d["eps"], ct, center=not rms)
+    return dx, y, dyx.sum(axis=tuple(range(_ln_axis(d))))
+
+
+def _torch_fwd_bwd(fwd, bias=True):
+    """torch(d): a call doing ``y = fwd(d, x, w, b); y.backward(dy)`` and returning x.grad."""
+
+    def make(d: Data):
+        if fwd is None:
+            return None
+        x0 = _torch_x(d)
+        dy = (torch.from_numpy(d["dy_base"]).permute(0, 3, 1, 2)
+              if d["case"].layout == "nhwc" else torch.from_numpy(d["dy"]))
+        wt = _tp(d["weight"]).detach().requires_grad_()
+        bt = _tp(d["bias"]).detach().requires_grad_() if bias else None
+
+        def call():
+            wt.grad = None  # a training step zeroes the parameter grads
+            if bt is not None:
+                bt.grad = None
+            xt = x0.detach().requires_grad_()
+            y = fwd(d, xt, wt, bt)
+            y.backward(dy)
+            return xt.grad
+
+        return call
+
+    return make
+
+
+def _torch_dx(torch_make):
+    """nc_ref: PyTorch's grad_input (computed once per cell), or None without torch."""
+
+    def get(d: Data):
+        if torch is None:
+            return None
+        if "_torch_dx" not in d:
+            call = torch_make(d)
+            d["_torch_dx"] = None if call is None else call().numpy().astype(np.float64)
+        return d["_torch_dx"]
+
+    return get
+
+
+def _bwd_spec(name, make, normcpp, ref, torch_make, fresh=None) -> OpSpec:
+    return OpSpec(name=name, make=_with_grad_out(make), normcpp=normcpp, ref=ref,
+                  torch=torch_make, onnx=lambda d: None, fresh=fresh, has_out=False,
+                  autograd=True, nc_ref=_torch_dx(torch_make), nc_tol=BWD_TOL)
+
+
+def _nc_bn_bwd(d: Data, out):
+    x, dy, w = d["x"], d["dy"], d["weight"]
+
+    def call():
+        _, m, r = nc.batch_norm_forward(x, d["running_mean"], d["running_var"], w, d["bias"],
+                                        True, d["momentum"], d["eps"])
+        return nc.batch_norm_backward(dy, x, w, m, r, True)[0]
+
+    return call
+
+
+def _nc_in_bwd(d: Data, out):
+    x, dy, w = d["x"], d["dy"], d["weight"]
+
+    def call():
+        _, m, r = nc.instance_norm_forward(x, None, None, w, d["bias"], True, d["momentum"],
+                                           d["eps"])
+        return nc.instance_norm_backward(dy, x, w, m, r)[0]
+
+    return call
+
+
+def _nc_gn_bwd(d: Data, out):
+    x, dy, w, g = d["x"], d["dy"], d["weight"], d["num_groups"]
+
+    def call():
+        _, m, r = nc.group_norm_forward(x, g, w, d["bias"], d["eps"])
+        return nc.group_norm_backward(dy, x, g, w, m, r)[0]
+
+    return call
+
+
+def _nc_ln_bwd(d: Data, out):
+    x, dy, w, ns = d["x"], d["dy"], d["weight"], d["normalized_shape"]
+
+    def call():
+        _, m, r = nc.layer_norm_forward(x, ns, w, d["bias"], d["eps"])
+        return nc.layer_norm_backward(dy, x, ns, w, m, r)[0]
+
+    return call
+
+
+def _nc_rms_bwd(d: Data, out):
+    x, dy, w, ns = d["x"], d["dy"], d["weight"], d["normalized_shape"]
+
+    def call():
+        _, r = nc.rms_norm_forward(x, ns, w, d["eps"])
+        return nc.rms_norm_backward(dy, x, ns, w, r)[0]
+
+    return call
+
+
+def _t_bn_train(d, x, w, b):
+    rm, rv = _tp(d["rm0"].copy()), _tp(d["rv0"].copy())
+    return F.batch_norm(x, rm, rv, w, b, True, d["momentum"], d["eps"])
+
+
+BWD_SPECS = [
+    _bwd_spec("batch_norm_train+bwd", _make_bn_train, _nc_bn_bwd, _ref_bn_bwd,
+              _torch_fwd_bwd(_t_bn_train), fresh=_fresh_bn),
+    _bwd_spec("instance_norm+bwd", _make_channels, _nc_in_bwd, _ref_in_bwd,
+              _torch_fwd_bwd(lambda d, x, w, b: F.instance_norm(
+                  x, None, None, w, b, True, d["momentum"], d["eps"]))),
+    _bwd_spec("group_norm+bwd", _make_group, _nc_gn_bwd, _ref_gn_bwd,
+              _torch_fwd_bwd(lambda d, x, w, b: F.group_norm(x, d["num_groups"], w, b, d["eps"]))),
+    _bwd_spec("layer_norm+bwd", _make_last, _nc_ln_bwd, _ref_ln_bwd,
+              _torch_fwd_bwd(lambda d, x, w, b: F.layer_norm(x, d["normalized_shape"], w, b,
+                                                             d["eps"]))),
+    _bwd_spec("rms_norm+bwd", _make_last, _nc_rms_bwd,
+              functools.partial(_ref_ln_bwd, rms=True),
+              _torch_fwd_bwd((lambda d, x, w, b: F.rms_norm(x, d["normalized_shape"], w, d["eps"]))
+                             if F is not None and hasattr(F, "rms_norm") else None, bias=False)),
+]
+OPS.update({s.name: s for s in BWD_SPECS})
+
+# ---- fused activation (inference) vs norm-then-activation ------------------------------
+# normcpp: ``op(..., activation=act)`` (one pass); NumPy: the op's formula, then the
+# activation in place; torch: F.op then F.relu/F.silu (inplace=True) or F.gelu (exact erf).
+
+FUSED_ACTS = ("relu", "silu", "gelu")
+
+
+def _erf(z: np.ndarray) -> np.ndarray:
+    try:
+        from scipy.special import erf
+
+        return erf(z)
+    except ImportError:  # Abramowitz-Stegun 7.1.26, |error| < 1.5e-7
+        s = np.sign(z)
+        a = np.abs(z)
+        t = 1.0 / (1.0 + 0.3275911 * a)
+        p = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027
+                                                                          + t * 1.061405429))))
+        return (s * (1.0 - p * np.exp(-a * a))).astype(z.dtype, copy=False)
+
+
+def _np_act(act: str, y: np.ndarray) -> np.ndarray:
+    """``act(y)`` in y's dtype, in place where it can be."""
+    one = y.dtype.type(1)
+    if act == "relu":
+        np.maximum(y, 0, out=y)
+    elif act == "silu":
+        t = np.exp(-y)
+        t += one
+        y /= t
+    elif act == "gelu":
+        t = _erf(y * y.dtype.type(1 / math.sqrt(2)))
+        t += one
+        t *= y.dtype.type(0.5)
+        y *= t
+    else:
+        raise ValueError(act)
+    return y
+
+
+def _torch_act(act: str, y):
+    if act == "relu":
+        return F.relu(y, inplace=True)
+    if act == "silu":
+        return F.silu(y, inplace=True)
+    return F.gelu(y)
+
+
+def _fused(base: OpSpec, act: str) -> OpSpec:
+    def torch_call(d):
+        f = base.torch(d)
+        return None if f is None else (lambda: _torch_act(act, f()))
+
+    return OpSpec(
+        name=f"{base.name}+{act}",
+        make=base.make,
+        normcpp=lambda d, out: functools.partial(base.normcpp(d, out), activation=act),
+        ref=lambda d, ct: _np_act(act, base.ref(d, ct)),
+        torch=torch_call,
+        onnx=lambda d: None,  # two nodes: the one-node ONNX harness does not cover it
+        fresh=base.fresh,
+    )
+
+
+OPS.update({s.name: s for s in (_fused(b, a) for b in (BN_EVAL, GROUP, LAYER) for a in FUSED_ACTS)})
+
+# ---- normalize: uint8 NHWC images -> float32 NCHW, (x / 255 - mean) / std -------------
+# Case layout "nhwc": the images are (N, H, W, C) uint8 memory (``base``), shape the logical
+# NCHW. NumPy: ``((x.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)`` made
+# contiguous (mean/std float32 arrays, so it stays float32); torch: the torchvision-style
+# tensor pipeline ``from_numpy(x).permute(0, 3, 1, 2).float().div(255).sub(m).div(s)
+# .contiguous()``. The copy roofline is a copy of the float32 output's bytes.
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _make_normalize(case: Case, x: np.ndarray, rng) -> Data:
+    base = make_input(case)[1]
+    n, h, w, c = base.shape
+    d = Data(case=case, x=x, base=base)
+    d["mean"] = np.resize(np.array(IMAGENET_MEAN, np.float32), c)
+    d["std"] = np.resize(np.array(IMAGENET_STD, np.float32), c)
+    d["out_shape"] = (n, c, h, w)
+    return d
+
+
+def _ref_normalize(d: Data, ct):
+    x = d["base"]
+    y = (x.astype(ct) / ct(255) - d["mean"].astype(ct)) / d["std"].astype(ct)
+    return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+
+
+def _torch_normalize(d: Data):
+    xt = torch.from_numpy(d["base"])
+    m = torch.from_numpy(d["mean"]).view(-1, 1, 1)
+    s = torch.from_numpy(d["std"]).view(-1, 1, 1)
+    return lambda: xt.permute(0, 3, 1, 2).float().div(255).sub(m).div(s).contiguous()
+
+
+def _normalize_copy_src(d: Data) -> np.ndarray:
+    if "_y32" not in d:
+        d["_y32"] = np.full(d["out_shape"], 1.0, np.float32)  # touched pages, not calloc'd
+    return d["_y32"]
+
+
+OPS["normalize"] = OpSpec(
+    name="normalize",
+    make=_make_normalize,
+    normcpp=lambda d, out: functools.partial(nc.normalize, d["base"], d["mean"], d["std"], out=out),
+    ref=_ref_normalize,
+    torch=_torch_normalize,
+    onnx=lambda d: None,
+    out_dtype="float32",
+    out_like=lambda d: np.empty(d["out_shape"], np.float32),
+    keeps_layout=False,
+    copy_of=_normalize_copy_src,
+)
+
 # ----------------------------------------------------------------------------------------
 # Timing
 # ----------------------------------------------------------------------------------------
@@ -684,8 +1089,10 @@ TOL = {  # (rtol, atol) against the float64 reference
 }
 
 
-def check_close(got, want: np.ndarray, dtype: str, who: str) -> str | None:
-    """None if ``got`` matches the reference, else a short message."""
+def check_close(got, want: np.ndarray, dtype: str, who: str,
+                tol: tuple[float, float] | None = None) -> str | None:
+    """None if ``got`` matches the reference (``tol`` = (rtol, atol) overrides ``TOL``), else a
+    short message."""
     if got is None:
         return "no result"
     got = np.asarray(got)
@@ -693,7 +1100,7 @@ def check_close(got, want: np.ndarray, dtype: str, who: str) -> str | None:
         return f"shape {got.shape} != {want.shape}"
     if who == "normcpp" and got.dtype != np.dtype(dtype):
         return f"dtype {got.dtype} != {dtype}"
-    rtol, atol = TOL["normcpp" if who == "normcpp" else "peer"][dtype]
+    rtol, atol = tol or TOL["normcpp" if who == "normcpp" else "peer"][dtype]
     g = got.astype(np.float64)
     bad = ~np.isclose(g, want, rtol=rtol, atol=atol)
     if bad.any() or not np.isfinite(g).all():
@@ -885,6 +1292,12 @@ def run_case(case: Case, threads_list: Sequence[int], args) -> list[dict[str, An
         spec.fresh(d)
     ref_full = spec.ref(d, np.float64)
     ref = ref_full[0] if isinstance(ref_full, tuple) else ref_full
+    rdt = spec.out_dtype or case.dtype  # the result's dtype
+    nc_want, nc_tol = ref, spec.nc_tol  # what normcpp is checked against
+    if spec.nc_ref is not None:
+        alt = spec.nc_ref(d)
+        if alt is not None:
+            nc_want = alt
 
     rows: list[dict[str, Any]] = []
     shared: dict[str, Any] = {}  # thread-independent timings: numpy, 1-thread copy
@@ -907,13 +1320,14 @@ def run_case(case: Case, threads_list: Sequence[int], args) -> list[dict[str, An
         times, verify = row["times"], row["verify"]
 
         # -- copy roofline --------------------------------------------------------------
-        dst = np.empty_like(base)
+        csrc = spec.copy_of(d) if spec.copy_of else base
+        dst = np.empty_like(csrc)
         if "copy_1t" not in shared:
-            shared["copy_1t"] = mt(functools.partial(np.copyto, dst, base))
+            shared["copy_1t"] = mt(functools.partial(np.copyto, dst, csrc))
         times["copy_1t"] = shared["copy_1t"].as_dict()
         copy_us = shared["copy_1t"].median_us
-        if t > 1 and case.nbytes >= (1 << 20):
-            sc = SplitCopy(dst, base, t)
+        if t > 1 and csrc.nbytes >= (1 << 20):
+            sc = SplitCopy(dst, csrc, t)
             try:
                 tm = mt(sc)
             finally:
@@ -921,7 +1335,7 @@ def run_case(case: Case, threads_list: Sequence[int], args) -> list[dict[str, An
             times["copy_mt"] = tm.as_dict()
             copy_us = min(copy_us, tm.median_us)
         row["copy_us"] = copy_us
-        del dst
+        del dst, csrc
 
         # -- normcpp --------------------------------------------------------------------
         if nc is None:
@@ -931,10 +1345,11 @@ def run_case(case: Case, threads_list: Sequence[int], args) -> list[dict[str, An
                 if spec.fresh:
                     spec.fresh(d)
                 y = spec.normcpp(d, None)()
-                err = check_close(y, ref, case.dtype, "normcpp")
+                err = check_close(y, nc_want, rdt, "normcpp", nc_tol)
                 if err is None and spec.check_extra:
                     err = spec.check_extra(d, ref_full)
-                if err is None and case.layout == "nhwc" and isinstance(y, np.ndarray):
+                if (err is None and case.layout == "nhwc" and spec.keeps_layout
+                        and isinstance(y, np.ndarray)):
                     if not y.transpose(0, 2, 3, 1).flags.c_contiguous:
                         row["notes"].append("normcpp output is not channels-last")
                 if err is None:
@@ -950,14 +1365,17 @@ def run_case(case: Case, threads_list: Sequence[int], args) -> list[dict[str, An
                 verify["normcpp"] = err or "ok"
                 del y
                 times["normcpp"] = mt(spec.normcpp(d, None)).as_dict()
-                out = np.empty_like(x)
+                out = None
+                if spec.has_out:
+                    out = spec.out_like(d) if spec.out_like else np.empty_like(x)
                 try:
-                    times["normcpp_out"] = mt(spec.normcpp(d, out)).as_dict()
-                    # y depends only on x and the (batch or frozen) statistics, so the last
-                    # out= result must still match the reference
-                    err_out = check_close(out, ref, case.dtype, "normcpp")
-                    if err_out is not None and verify["normcpp"] == "ok":
-                        verify["normcpp"] = "out=: " + err_out
+                    if out is not None:
+                        times["normcpp_out"] = mt(spec.normcpp(d, out)).as_dict()
+                        # y depends only on x and the (batch or frozen) statistics, so the last
+                        # out= result must still match the reference
+                        err_out = check_close(out, nc_want, rdt, "normcpp", nc_tol)
+                        if err_out is not None and verify["normcpp"] == "ok":
+                            verify["normcpp"] = "out=: " + err_out
                 except Exception as exc:
                     row["notes"].append(f"normcpp out=: {_short_err(exc)}")
                 del out
@@ -968,16 +1386,16 @@ def run_case(case: Case, threads_list: Sequence[int], args) -> list[dict[str, An
 
         # -- numpy (single-threaded: timed once per case) -------------------------------
         if "numpy" not in shared:
-            ct = np.float32 if case.dtype in ("float16", "float32") else np.float64
+            ct = np.float32 if rdt in ("float16", "float32") else np.float64
 
-            def np_call(d=d, ct=ct, dt=np.dtype(case.dtype)):
+            def np_call(d=d, ct=ct, dt=np.dtype(rdt)):
                 r = spec.ref(d, ct)
                 r = r[0] if isinstance(r, tuple) else r
                 return r.astype(dt, copy=False)
 
             if spec.fresh:
                 spec.fresh(d)
-            shared["numpy_verify"] = check_close(np_call(), ref, case.dtype, "peer") or "ok"
+            shared["numpy_verify"] = check_close(np_call(), ref, rdt, "peer") or "ok"
             shared["numpy"] = mt(np_call)
         times["numpy"] = shared["numpy"].as_dict()
         verify["numpy"] = shared["numpy_verify"]
@@ -989,8 +1407,9 @@ def run_case(case: Case, threads_list: Sequence[int], args) -> list[dict[str, An
                 if fn is None:
                     verify["torch"] = "n/a"
                 else:
-                    with torch.inference_mode():
-                        verify["torch"] = check_close(fn().numpy(), ref, case.dtype, "peer") or "ok"
+                    # autograd rows call .backward(): no inference mode for them
+                    with (contextlib.nullcontext() if spec.autograd else torch.inference_mode()):
+                        verify["torch"] = check_close(fn().numpy(), ref, rdt, "peer") or "ok"
                         times["torch"] = mt(fn).as_dict()
             except Exception as exc:
                 verify["torch"] = _short_err(exc)
@@ -1005,7 +1424,7 @@ def run_case(case: Case, threads_list: Sequence[int], args) -> list[dict[str, An
                     sess = ort_session(model, t)
                     feed = {"X": d.x_nchw}
                     fn = functools.partial(sess.run, ["Y"], feed)
-                    verify["onnxruntime"] = check_close(fn()[0], ref, case.dtype, "peer") or "ok"
+                    verify["onnxruntime"] = check_close(fn()[0], ref, rdt, "peer") or "ok"
                     times["onnxruntime"] = mt(fn).as_dict()
                     if case.layout == "nhwc":
                         row["ort_input"] = "nchw-copy"
