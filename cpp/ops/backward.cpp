@@ -281,6 +281,8 @@ void row_backward_t(const void* xv, const void* dyv, void* dxv, i64 rows, i64 L,
     Mr[static_cast<std::size_t>(r)] = static_cast<A>(mean ? mean[r] : 0.0);
     Ir[static_cast<std::size_t>(r)] = static_cast<A>(invstd[r]);
   }
+  // Parameter gradients first: dx may overwrite dy (in-place backward).
+  if (gw || gb) row_param_grads<T>(x, dy, rows, L, Mr, Ir, gw, gb);
   std::vector<A> Bv(static_cast<std::size_t>(rows)), Cv(Bv);
   const RunGeom g{rows, 1, L, 0, L};
   run_driver<true, SumMerge>(
@@ -303,7 +305,6 @@ void row_backward_t(const void* xv, const void* dyv, void* dxv, i64 rows, i64 L,
         k.bwd_row(x + off, dy + off, dx + off, e1 - e0, Mr[u], Ir[u], Wp ? Wp + e0 : nullptr,
                   Bv[u], Cv[u]);
       });
-  if (gw || gb) row_param_grads<T>(x, dy, rows, L, Mr, Ir, gw, gb);
 }
 
 // (N, C) data (one spatial position) is channels-last too; that path vectorizes along C.
@@ -377,6 +378,7 @@ void group_norm_backward(const NCSGradRef& t_in, std::int64_t groups, ParamRef w
 void layer_norm_backward(const void* x, const void* dy, void* dx, DType dtype, std::int64_t rows,
                          std::int64_t row_len, ParamRef weight, const double* mean,
                          const double* invstd, double* grad_weight, double* grad_bias) {
+  if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
   ops::check_param(weight, "weight", row_len, "normalized element");
   ops::by_dtype(dtype, [&](auto tag) {
     ops::row_backward_t<decltype(tag)>(x, dy, dx, rows, row_len, weight, mean, invstd,
@@ -387,6 +389,7 @@ void layer_norm_backward(const void* x, const void* dy, void* dx, DType dtype, s
 void rms_norm_backward(const void* x, const void* dy, void* dx, DType dtype, std::int64_t rows,
                        std::int64_t row_len, ParamRef weight, const double* invrms,
                        double* grad_weight) {
+  if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
   ops::check_param(weight, "weight", row_len, "normalized element");
   ops::by_dtype(dtype, [&](auto tag) {
     ops::row_backward_t<decltype(tag)>(x, dy, dx, rows, row_len, weight, nullptr, invrms,
