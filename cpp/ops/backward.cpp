@@ -379,6 +379,8 @@ void layer_norm_backward(const void* x, const void* dy, void* dx, DType dtype, s
                          std::int64_t row_len, ParamRef weight, const double* mean,
                          const double* invstd, double* grad_weight, double* grad_bias) {
   if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
+  if (rows * row_len > 0 && (!x || !dy || !dx))
+    ops::fail("x, dy and dx pointers must not be null");
   ops::check_param(weight, "weight", row_len, "normalized element");
   ops::by_dtype(dtype, [&](auto tag) {
     ops::row_backward_t<decltype(tag)>(x, dy, dx, rows, row_len, weight, mean, invstd,
@@ -390,6 +392,8 @@ void rms_norm_backward(const void* x, const void* dy, void* dx, DType dtype, std
                        std::int64_t row_len, ParamRef weight, const double* invrms,
                        double* grad_weight) {
   if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
+  if (rows * row_len > 0 && (!x || !dy || !dx))
+    ops::fail("x, dy and dx pointers must not be null");
   ops::check_param(weight, "weight", row_len, "normalized element");
   ops::by_dtype(dtype, [&](auto tag) {
     ops::row_backward_t<decltype(tag)>(x, dy, dx, rows, row_len, weight, nullptr, invrms,

@@ -439,6 +439,7 @@ void layer_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int
                 ParamRef weight, ParamRef bias, double eps, SavedStats saved, Activation act) {
   ops::check_eps(eps);
   if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
+  if (rows * row_len > 0 && (!x || !y)) ops::fail("input and output pointers must not be null");
   ops::check_param(weight, "weight", row_len, "normalized element");
   ops::check_param(bias, "bias", row_len, "normalized element");
   if (rows * row_len == 0) {
@@ -455,6 +456,7 @@ void rms_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int64
               ParamRef weight, double eps, SavedStats saved) {
   ops::check_eps(eps);
   if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
+  if (rows * row_len > 0 && (!x || !y)) ops::fail("input and output pointers must not be null");
   ops::check_param(weight, "weight", row_len, "normalized element");
   if (rows * row_len == 0) {
     saved_nan(saved, rows);
