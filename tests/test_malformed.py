@@ -1413,49 +1413,10 @@ for _id, _target, _exc, _match, _build in TRAINING_CASES:
 # known core bugs (reproducers in the reasons); strict, so a fix shows up as XPASS -> failure
 # =============================================================================================
 
-_OUT_ALIASES_STATS = (
-    "core bug (silent wrong answer): in training, out laid over running_mean/running_var is "
-    "accepted; the output is written, then the running statistics are updated from the "
-    "output's values (and overwrite part of it). Repro: buf = np.zeros(8, np.float32); "
-    "nc.batch_norm(x_2x4, buf[:4], np.ones(4, np.float32), training=True, "
-    "out=buf.reshape(2, 4)). Fix: check out against the running statistics' extents.")
-_SHARED_STATS = (
-    "core bug (silent wrong answer): running statistics that share memory (the same array for "
-    "both, partial overlap, or a writeable zero-stride running_mean) are updated in place "
-    "without an error. Repro: r = np.ones(3, np.float32); nc.batch_norm(x, r, r, "
-    "training=True).")
-_NAN_IN_PLACE = (
-    "core bug (failed call changes its input): a non-finite batch statistic raises "
-    "ValueError, but with out=input the input has already been overwritten with the output. "
-    "Repro: x[1, 2, 3] = np.nan; nc.batch_norm(x, rm, rv, training=True, out=x) -> "
-    "ValueError and x changed.")
-_EMPTY_HUGE = (
-    "core bug (unclear error): an empty input with one huge dim allocates O(C) or O(rows) "
-    "scratch before it sees there is nothing to do: std::bad_alloc / 'cannot create "
-    "std::vector larger than max_size()' instead of an empty result or an error naming "
-    "input. Repro: nc.batch_norm(np.empty((0, 2**60), np.float32), None, None, "
-    "training=True).")
-_MODULE_SIZE = (
-    "python bug (unclear error): a module size whose array cannot exist raises NumPy's "
-    "'array is too big' / 'Maximum allowed dimension exceeded' (or MemoryError) without "
-    "naming the argument. Repro: nc.BatchNorm1d(2**62); nc.LayerNorm((2**32, 2**32)).")
-
-_OUT_ALIASES_ROW_PARAM = (
-    "core regression (silent wrong answer; working-tree change 'param_view', which reads a "
-    "same-dtype weight/bias in place instead of copying it): layer_norm/rms_norm with out "
-    "laid over weight or bias normalize rows 1.. with the already overwritten parameter. "
-    "Repro: buf = np.zeros(32); w = buf[:8]; w[:] = 2; nc.layer_norm(x_4x8, 8, w, "
-    "out=buf.reshape(4, 8)) != nc.layer_norm(x_4x8, 8, w.copy()). Fix: copy (or refuse) a "
-    "parameter that out overlaps.")
-
-KNOWN_BUGS: dict[str, str] = {
-    "batch_norm-train-nan-batch-in-place": _NAN_IN_PLACE,
-    "instance_norm-train-inf-batch-in-place": _NAN_IN_PLACE,
-    "BatchNorm1d-num_features-overflows": _MODULE_SIZE,
-    "LayerNorm-normalized_shape-product-overflows-int64": _MODULE_SIZE,
-    "GroupNorm-num_channels-overflows": _MODULE_SIZE,
-    "RMSNorm-normalized_shape-beyond-int64": _MODULE_SIZE,
-}
+# Case id -> reason, for a bug found and not yet fixed: the case runs as a strict xfail, so a
+# fix shows up as a failure that asks for the entry to be removed. (Empty: every bug the
+# matrix found so far is fixed.)
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _params():

@@ -378,8 +378,7 @@ void group_norm_backward(const NCSGradRef& t_in, std::int64_t groups, ParamRef w
 void layer_norm_backward(const void* x, const void* dy, void* dx, DType dtype, std::int64_t rows,
                          std::int64_t row_len, ParamRef weight, const double* mean,
                          const double* invstd, double* grad_weight, double* grad_bias) {
-  if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
-  if (rows * row_len > 0 && (!x || !dy || !dx))
+  if (ops::check_rows(rows, row_len) > 0 && (!x || !dy || !dx))
     ops::fail("x, dy and dx pointers must not be null");
   ops::check_param(weight, "weight", row_len, "normalized element");
   ops::by_dtype(dtype, [&](auto tag) {
@@ -391,8 +390,7 @@ void layer_norm_backward(const void* x, const void* dy, void* dx, DType dtype, s
 void rms_norm_backward(const void* x, const void* dy, void* dx, DType dtype, std::int64_t rows,
                        std::int64_t row_len, ParamRef weight, const double* invrms,
                        double* grad_weight) {
-  if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
-  if (rows * row_len > 0 && (!x || !dy || !dx))
+  if (ops::check_rows(rows, row_len) > 0 && (!x || !dy || !dx))
     ops::fail("x, dy and dx pointers must not be null");
   ops::check_param(weight, "weight", row_len, "normalized element");
   ops::by_dtype(dtype, [&](auto tag) {

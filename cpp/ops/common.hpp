@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -60,11 +61,28 @@ inline void check_param(const ParamRef& p, const char* name, i64 n, const char* 
          str(p.size));
 }
 
+// a * b * c, failing (naming `what`) when the product or its byte size (at most 8 bytes per
+// element) does not fit in int64: every index computed later is then in range.
+inline i64 checked_elems(i64 a, i64 b, i64 c, const char* what) {
+  i64 e = 0;
+  if (__builtin_mul_overflow(a, b, &e) || __builtin_mul_overflow(e, c, &e) ||
+      e > std::numeric_limits<i64>::max() / 8)
+    fail(std::string(what) + " = " + std::to_string(a) + " * " + std::to_string(b) +
+         (c == 1 ? std::string() : " * " + std::to_string(c)) +
+         " elements, more than any array can hold");
+  return e;
+}
+
 inline void check_ncs(const NCSRef& t) {
   if (t.N < 0 || t.C < 1 || t.S < 0) fail("input must have N >= 0, C >= 1 and S >= 0");
-  if (!t.x || !t.y) {
-    if (t.N * t.C * t.S != 0) fail("input and output pointers must not be null");
-  }
+  const i64 elems = checked_elems(t.N, t.C, t.S, "input has N * C * S");
+  if ((!t.x || !t.y) && elems != 0) fail("input and output pointers must not be null");
+}
+
+// rows x row_len of a row op: sizes >= 0, the product in range; returns the element count.
+inline i64 check_rows(i64 rows, i64 row_len) {
+  if (rows < 0 || row_len < 0) fail("rows and row_len must be >= 0");
+  return checked_elems(rows, row_len, 1, "input has rows * row_len");
 }
 
 inline void check_running(const RunningUpdate& r, i64 C) {

@@ -16,6 +16,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "normcpp/normcpp.hpp"
@@ -122,6 +123,13 @@ void check_finite_update(const RunningUpdate& r, const double* mean, const doubl
   }
 }
 
+// In place (out is the input) with running statistics to guard, the statistics are computed
+// and checked before anything is written: a call that raises must leave its input unchanged,
+// and a fused slot would already have been normalized. Costs a second read of the input.
+inline bool guard_in_place(const NCSRef& t, const RunningUpdate& r) {
+  return t.x == t.y && r.mean.present() && !r.allow_nonfinite;
+}
+
 void update_running(const RunningUpdate& r, i64 c, double mean, double unbiased_var) {
   r.mean.set(c, (1.0 - r.momentum) * r.mean.get(c) + r.momentum * mean);
   r.var.set(c, (1.0 - r.momentum) * r.var.get(c) + r.momentum * unbiased_var);
@@ -152,7 +160,13 @@ void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight
     write_saved(saved, cf.mean, cf.var, cf.n, eps);
     return;
   }
-  channel_pass<true, true, T>(t, finish, cf.M, cf.Sc, cf.B);
+  if (guard_in_place(t, running)) {
+    channel_pass<true, false, T>(t, finish, cf.M, cf.Sc, cf.B);
+    if (n > 0) check_finite_update(running, cf.mean, cf.var, cf.n, C);
+    channel_pass<false, true, T>(t, finish, cf.M, cf.Sc, cf.B);
+  } else {
+    channel_pass<true, true, T>(t, finish, cf.M, cf.Sc, cf.B);
+  }
   if (n == 0) return;
   if (running.mean.present()) {
     check_finite_update(running, cf.mean, cf.var, cf.n, C);
@@ -178,31 +192,45 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
   };
   const T* x = static_cast<const T*>(t.x);
   T* y = static_cast<T*>(t.y);
-  if (t.layout == Layout::contiguous) {
-    const RunGeom g{slots, 1, S, 0, S};
-    run_driver<true>(
-        g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
-        [&](i64 s, i64 e0, i64 e1) {
-          const auto u = static_cast<std::size_t>(s);
-          const i64 off = s * S + e0;
-          k.apply_scalar(x + off, y + off, e1 - e0, cf.M[u], cf.Sc[u], cf.B[u], 0);
-        });
+  // pass(stats, apply): one visit per slot doing either or both.
+  auto pass = [&](auto stats, auto apply) {
+    constexpr bool St = decltype(stats)::value, Ap = decltype(apply)::value;
+    if (t.layout == Layout::contiguous) {
+      const RunGeom g{slots, 1, S, 0, S};
+      run_driver<St>(
+          g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
+          [&](i64 s, i64 e0, i64 e1) {
+            const auto u = static_cast<std::size_t>(s);
+            const i64 off = s * S + e0;
+            if constexpr (Ap)
+              k.apply_scalar(x + off, y + off, e1 - e0, cf.M[u], cf.Sc[u], cf.B[u], 0);
+          });
+    } else {
+      cl_driver<St, A>(
+          CLGeom{N, S, C}, k.cl_scratch_elems(C),
+          [&](i64 s, i64 r0, i64 r1, A* scr, double* acc, double* n) {
+            k.cl_moments(x + (s * S + r0) * C, r1 - r0, C, scr, acc, acc + C, n);
+          },
+          ClChanMerge{C},
+          [&](i64 s, const double* acc, double n) {
+            for (i64 c = 0; c < C; ++c) finish(s * C + c, Moments{n, acc[c], acc[C + c]});
+          },
+          [&](i64 s, i64 r0, i64 r1, A* scr) {
+            const i64 off = (s * S + r0) * C;
+            const auto u = static_cast<std::size_t>(s * C);
+            if constexpr (Ap)
+              k.apply_cl(x + off, y + off, r1 - r0, C, cf.M + u, cf.Sc + u, cf.B + u, scr, 0);
+          });
+    }
+  };
+  using Yes = std::true_type;
+  using No = std::false_type;
+  if (guard_in_place(t, running)) {
+    pass(Yes{}, No{});
+    if (slots * S > 0) check_finite_update(running, cf.mean, cf.var, cf.n, C);
+    pass(No{}, Yes{});
   } else {
-    cl_driver<true, A>(
-        CLGeom{N, S, C}, k.cl_scratch_elems(C),
-        [&](i64 s, i64 r0, i64 r1, A* scr, double* acc, double* n) {
-          k.cl_moments(x + (s * S + r0) * C, r1 - r0, C, scr, acc, acc + C, n);
-        },
-        ClChanMerge{C},
-        [&](i64 s, const double* acc, double n) {
-          for (i64 c = 0; c < C; ++c) finish(s * C + c, Moments{n, acc[c], acc[C + c]});
-        },
-        [&](i64 s, i64 r0, i64 r1, A* scr) {
-          const i64 off = (s * S + r0) * C;
-          const auto u = static_cast<std::size_t>(s * C);
-          k.apply_cl(x + off, y + off, r1 - r0, C, cf.M + u, cf.Sc + u,
-                     cf.B + u, scr, 0);
-        });
+    pass(Yes{}, Yes{});
   }
   if (slots * S == 0) return;
   if (running.mean.present()) {
@@ -438,11 +466,11 @@ void group_norm(const NCSRef& t_in, std::int64_t groups, ParamRef weight, ParamR
 void layer_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int64_t row_len,
                 ParamRef weight, ParamRef bias, double eps, SavedStats saved, Activation act) {
   ops::check_eps(eps);
-  if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
-  if (rows * row_len > 0 && (!x || !y)) ops::fail("input and output pointers must not be null");
+  const std::int64_t elems = ops::check_rows(rows, row_len);
+  if (elems > 0 && (!x || !y)) ops::fail("input and output pointers must not be null");
   ops::check_param(weight, "weight", row_len, "normalized element");
   ops::check_param(bias, "bias", row_len, "normalized element");
-  if (rows * row_len == 0) {
+  if (elems == 0) {
     saved_nan(saved, rows);
     return;
   }
@@ -455,10 +483,10 @@ void layer_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int
 void rms_norm(const void* x, void* y, DType dtype, std::int64_t rows, std::int64_t row_len,
               ParamRef weight, double eps, SavedStats saved) {
   ops::check_eps(eps);
-  if (rows < 0 || row_len < 0) ops::fail("rows and row_len must be >= 0");
-  if (rows * row_len > 0 && (!x || !y)) ops::fail("input and output pointers must not be null");
+  const std::int64_t elems = ops::check_rows(rows, row_len);
+  if (elems > 0 && (!x || !y)) ops::fail("input and output pointers must not be null");
   ops::check_param(weight, "weight", row_len, "normalized element");
-  if (rows * row_len == 0) {
+  if (elems == 0) {
     saved_nan(saved, rows);
     return;
   }

@@ -101,6 +101,23 @@ def _check_positive_int(value: Any, name: str) -> int:
     return value
 
 
+def _filled(shape: int | tuple[int, ...], dtype: np.dtype, value: float, name: str) -> np.ndarray:
+    """A new parameter/statistic array of ``shape`` filled with ``value``; a size that no array
+    can have (or that does not fit in memory) is an error naming the argument ``name``."""
+    dims = (shape,) if isinstance(shape, int) else shape
+    nbytes = dtype.itemsize
+    for d in dims:
+        nbytes *= d
+    if nbytes >= 2**63:
+        raise ValueError(f"{name}={shape!r} asks for an array of {nbytes} bytes, which cannot exist")
+    try:
+        return np.full(shape, value, dtype)
+    except (ValueError, OverflowError) as e:
+        raise ValueError(f"{name}={shape!r}: cannot create an array of that size ({e})") from None
+    except MemoryError:
+        raise MemoryError(f"{name}={shape!r}: not enough memory for {nbytes} bytes") from None
+
+
 def _check_eps(eps: Any) -> float:
     if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
@@ -621,14 +638,16 @@ class _NormBase(Module):
         self.affine: bool = bool(affine)
         self.track_running_stats: bool = bool(track_running_stats)
         c, dt = self.num_features, self._dtype
-        self.weight: np.ndarray | None = np.ones(c, dt) if self.affine else None
-        self.bias: np.ndarray | None = np.zeros(c, dt) if self.affine and bias else None
+        self.weight: np.ndarray | None = _filled(c, dt, 1, "num_features") if self.affine else None
+        self.bias: np.ndarray | None = (
+            _filled(c, dt, 0, "num_features") if self.affine and bias else None
+        )
         self.running_mean: np.ndarray | None = None
         self.running_var: np.ndarray | None = None
         self.num_batches_tracked: np.ndarray | None = None
         if self.track_running_stats:
-            self.running_mean = np.zeros(c, dt)
-            self.running_var = np.ones(c, dt)
+            self.running_mean = _filled(c, dt, 0, "num_features")
+            self.running_var = _filled(c, dt, 1, "num_features")
             self.num_batches_tracked = np.zeros((), np.int64)
 
     def reset_running_stats(self) -> None:
@@ -1266,8 +1285,10 @@ class GroupNorm(Module):
         self.eps: float = _check_eps(eps)
         self.affine: bool = bool(affine)
         c, dt = self.num_channels, self._dtype
-        self.weight: np.ndarray | None = np.ones(c, dt) if self.affine else None
-        self.bias: np.ndarray | None = np.zeros(c, dt) if self.affine and bias else None
+        self.weight: np.ndarray | None = _filled(c, dt, 1, "num_channels") if self.affine else None
+        self.bias: np.ndarray | None = (
+            _filled(c, dt, 0, "num_channels") if self.affine and bias else None
+        )
 
     def reset_parameters(self) -> None:
         """``weight`` to 1 and ``bias`` to 0 (in place)."""
@@ -1368,8 +1389,9 @@ class LayerNorm(Module):
         self.elementwise_affine: bool = bool(elementwise_affine)
         shape, dt = self.normalized_shape, self._dtype
         affine = self.elementwise_affine
-        self.weight: np.ndarray | None = np.ones(shape, dt) if affine else None
-        self.bias: np.ndarray | None = np.zeros(shape, dt) if affine and bias else None
+        name = "normalized_shape"
+        self.weight: np.ndarray | None = _filled(shape, dt, 1, name) if affine else None
+        self.bias: np.ndarray | None = _filled(shape, dt, 0, name) if affine and bias else None
 
     def reset_parameters(self) -> None:
         """``weight`` to 1 and ``bias`` to 0 (in place)."""
@@ -1445,7 +1467,9 @@ class RMSNorm(Module):
         self.eps: float | None = None if eps is None else _check_eps(eps)
         self.elementwise_affine: bool = bool(elementwise_affine)
         self.weight: np.ndarray | None = (
-            np.ones(self.normalized_shape, self._dtype) if self.elementwise_affine else None
+            _filled(self.normalized_shape, self._dtype, 1, "normalized_shape")
+            if self.elementwise_affine
+            else None
         )
 
     def reset_parameters(self) -> None:

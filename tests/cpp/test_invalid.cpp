@@ -77,6 +77,15 @@ void suite_invalid() {
        [](Setup& s) { normcpp::batch_norm(s.t(-1), s.ru(), {}, {}, true, 1e-5); }},
       {"batch_norm S<0",
        [](Setup& s) { normcpp::batch_norm(s.t(2, 3, -1), s.ru(), {}, {}, true, 1e-5); }},
+      {"batch_norm N*C*S overflows int64",
+       [](Setup& s) {
+         normcpp::batch_norm(s.t(std::int64_t{1} << 40, 1 << 20, 1 << 20), s.ru(), {}, {}, true,
+                             1e-5);
+       }},
+      {"batch_norm N*C*S bytes overflow int64",
+       [](Setup& s) {
+         normcpp::batch_norm(s.t(std::int64_t{1} << 31, std::int64_t{1} << 31, 2), s.ru(), {}, {}, true, 1e-5);
+       }},
       {"batch_norm null input",
        [](Setup& s) {
          auto t = s.t();
@@ -161,6 +170,11 @@ void suite_invalid() {
       {"layer_norm rows<0",
        [](Setup& s) {
          normcpp::layer_norm(s.x.data(), s.y.data(), DType::f32, -1, 5, {}, {}, 1e-5);
+       }},
+      {"layer_norm rows*row_len overflows int64",
+       [](Setup& s) {
+         normcpp::layer_norm(s.x.data(), s.y.data(), DType::f32, std::int64_t{1} << 40,
+                             std::int64_t{1} << 30, {}, {}, 1e-5);
        }},
       {"layer_norm row_len<0",
        [](Setup& s) {
