@@ -224,18 +224,26 @@ def test_backward_low_precision(op, shape, layout, dtype, rng):
                                        atol=atol * scale)
 
 
-def test_backward_threads_bitwise(rng, restore_threads):
-    """The backward reductions have a fixed order: results do not depend on the threads."""
-    x = rng.standard_normal((64, 16, 33, 17)).astype(np.float32)
+@pytest.mark.parametrize("op", OPS, ids=lambda o: o.id)
+@pytest.mark.parametrize("shape", [(64, 6, 33, 17), (3000, 6, 1, 16)], ids=["big", "many-rows"])
+def test_backward_threads_bitwise(op, shape, rng, restore_threads):
+    """The backward reductions have a fixed order: results do not depend on the threads
+    (many rows: the row ops' column sums come from several row chunks)."""
+    x = rng.standard_normal(shape).astype(np.float32)
     g = rng.standard_normal(x.shape).astype(np.float32)
-    w = rng.uniform(0.5, 1.5, 16).astype(np.float32)
-    b = rng.standard_normal(16).astype(np.float32)
+    pshape = op.param_shape(shape)
+    w = rng.uniform(0.5, 1.5, pshape).astype(np.float32)
+    b = rng.standard_normal(pshape).astype(np.float32) if op.bias_ok else None
     results = []
-    for threads in (1, 4):
+    for threads in (1, 2, 3, 4):
         restore_threads(threads)
-        results.append(OPS[0].backward(g, x, w, b))
-    for a, c in zip(*results):
-        np.testing.assert_array_equal(a, c)
+        results.append(op.backward(g, x, w, b))
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            if a is None:
+                assert c is None
+            else:
+                np.testing.assert_array_equal(a, c)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 //   a = invstd, b = -invstd^3 * D / M, c = -invstd * S / M   (M elements per slot),
 // and b = c = 0 for an eval-mode (frozen) batch norm. The same drivers as the forward pass cut
 // the work, so results are bitwise identical for any thread count.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -265,6 +266,78 @@ void row_param_grads(const T* x, const T* dy, i64 rows, i64 L, const std::vector
   });
 }
 
+// Rows up to this long are differentiated in one visit: x and dy of a row (<= 128 KB in
+// float32) stay in cache while the row's two sums, its column-sum contributions (dgamma, dbeta)
+// and its dx are computed; longer rows take the two-visit path that splits one row's sums.
+constexpr i64 kFusedRowLen = 16384;
+
+// Layer/RMS norm backward in one visit per row. Rows are cut into fixed chunks (a function of
+// the shape only); each chunk adds its rows' dgamma/dbeta contributions into float partials
+// flushed to its own double partials every kFlushRows rows, and the chunks' partials are
+// summed in chunk order: bitwise the same for any thread count. Scratch: O(chunks x L), chunks
+// <= kMaxChunks. Per row: sums, then column sums, then dx (dx may overwrite dy).
+template <class T>
+void row_backward_fused(const T* x, const T* dy, T* dx, i64 rows, i64 L,
+                        const typename Kern<T>::A* Wp, const double* mean, const double* invstd,
+                        const std::vector<typename Kern<T>::A>& Mr,
+                        const std::vector<typename Kern<T>::A>& Ir, double* gw, double* gb) {
+  using A = typename Kern<T>::A;
+  const auto& k = Kern<T>::get();
+  constexpr i64 kFlushRows = 64;
+  const i64 per_chunk_min = (kChunkElems + L - 1) / (L > 0 ? L : 1);
+  i64 P = (rows + per_chunk_min - 1) / per_chunk_min;
+  if (P > kMaxChunks) P = kMaxChunks;
+  if (P < 1) P = 1;
+  const bool cols = gw || gb;
+  const auto uL = static_cast<std::size_t>(L), uP = static_cast<std::size_t>(P);
+  // Per chunk: float accumulators G, B and double partials GD, BD (allocated up front: no
+  // allocation inside the parallel region).
+  std::vector<A> facc(cols ? uP * 2 * uL : 0);
+  std::vector<double> dacc(cols ? uP * 2 * uL : 0, 0.0);
+  parallel_for(P, threads_for(rows * L, P), [&](i64 j, int) {
+    const i64 r0 = chunk_start(rows, P, j), r1 = chunk_start(rows, P, j + 1);
+    const auto u = static_cast<std::size_t>(j);
+    A* G = cols ? facc.data() + u * 2 * uL : nullptr;
+    A* B = cols ? G + uL : nullptr;
+    double* GD = cols ? dacc.data() + u * 2 * uL : nullptr;
+    double* BD = cols ? GD + uL : nullptr;
+    for (i64 f0 = r0; f0 < r1; f0 += kFlushRows) {
+      const i64 f1 = (r1 - f0 < kFlushRows) ? r1 : f0 + kFlushRows;
+      if (cols) {
+        std::fill(G, G + L, A(0));
+        std::fill(B, B + L, A(0));
+      }
+      for (i64 r = f0; r < f1; ++r) {
+        const auto ur = static_cast<std::size_t>(r);
+        const T* xr = x + r * L;
+        const T* dyr = dy + r * L;
+        double sums[2];
+        k.run_dot(xr, dyr, L, Mr[ur], Wp, sums);
+        if (cols) k.col_accum(xr, dyr, L, Mr[ur], Ir[ur], G, gb ? B : nullptr);
+        const double iv = invstd[r], n = static_cast<double>(L);
+        k.bwd_row(xr, dyr, dx + r * L, L, Mr[ur], Ir[ur], Wp,
+                  static_cast<A>(-iv * iv * iv * sums[1] / n),
+                  static_cast<A>(mean ? -iv * sums[0] / n : 0.0));
+      }
+      if (cols)
+        for (i64 c = 0; c < L; ++c) {
+          GD[c] += static_cast<double>(G[c]);
+          BD[c] += static_cast<double>(B[c]);
+        }
+    }
+  });
+  if (!cols) return;
+  for (i64 c = 0; c < L; ++c) {
+    double a = 0.0, b = 0.0;
+    for (std::size_t j = 0; j < uP; ++j) {
+      a += dacc[j * 2 * uL + static_cast<std::size_t>(c)];
+      b += dacc[j * 2 * uL + uL + static_cast<std::size_t>(c)];
+    }
+    if (gw) gw[c] = a;
+    if (gb) gb[c] = b;
+  }
+}
+
 template <class T>
 void row_backward_t(const void* xv, const void* dyv, void* dxv, i64 rows, i64 L,
                     ParamRef weight, const double* mean, const double* invstd, double* gw,
@@ -280,6 +353,10 @@ void row_backward_t(const void* xv, const void* dyv, void* dxv, i64 rows, i64 L,
   for (i64 r = 0; r < rows; ++r) {
     Mr[static_cast<std::size_t>(r)] = static_cast<A>(mean ? mean[r] : 0.0);
     Ir[static_cast<std::size_t>(r)] = static_cast<A>(invstd[r]);
+  }
+  if (L <= kFusedRowLen) {
+    row_backward_fused<T>(x, dy, dx, rows, L, Wp, mean, invstd, Mr, Ir, gw, gb);
+    return;
   }
   // Parameter gradients first: dx may overwrite dy (in-place backward).
   if (gw || gb) row_param_grads<T>(x, dy, rows, L, Mr, Ir, gw, gb);
