@@ -52,18 +52,31 @@ std::vector<py::ssize_t> shape_of(const py::array& a) {
   return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
 }
 
-std::vector<py::ssize_t> channels_last_strides(const py::array& a) {
+// A new uninitialized array of a's shape and dtype: C order, or channels-last (N, spatial..., C
+// memory order). Straight through NumPy's C API: no shape vectors on the heap (tiny calls).
+py::array new_array_like(const py::array& a, bool channels_last) {
   const auto rank = a.ndim();
-  std::vector<py::ssize_t> st(static_cast<std::size_t>(rank));
-  py::ssize_t s = a.itemsize();
-  st[1] = s;
-  s *= a.shape(1);
-  for (py::ssize_t d = rank - 1; d >= 2; --d) {
-    st[static_cast<std::size_t>(d)] = s;
-    s *= a.shape(d);
+  constexpr py::ssize_t kMaxRank = 64;  // NumPy's NPY_MAXDIMS
+  if (rank > kMaxRank) value_error("input has more than 64 dims");
+  Py_intptr_t st[kMaxRank];
+  if (channels_last) {
+    py::ssize_t s = a.itemsize();
+    st[1] = s;
+    s *= a.shape(1);
+    for (py::ssize_t d = rank - 1; d >= 2; --d) {
+      st[d] = s;
+      s *= a.shape(d);
+    }
+    st[0] = s;
   }
-  st[0] = s;
-  return st;
+  auto& api = py::detail::npy_api::get();
+  py::dtype dt = a.dtype();
+  // PyArray_NewFromDescr steals the reference to the descriptor.
+  PyObject* r = api.PyArray_NewFromDescr_(api.PyArray_Type_, dt.release().ptr(),
+                                          static_cast<int>(rank), a.shape(),
+                                          channels_last ? st : nullptr, nullptr, 0, nullptr);
+  if (!r) throw py::error_already_set();
+  return py::reinterpret_steal<py::array>(r);
 }
 
 // [lo, hi) byte extent of an array's elements.
@@ -158,7 +171,7 @@ DType dtype_of(const py::array& a, const char* name) {
 }
 
 py::array as_input(py::handle h, const char* name) {
-  py::array a;
+  py::array a = no_array();
   if (py::isinstance<py::array>(h))
     a = py::reinterpret_borrow<py::array>(h);
   else if (!h.is_none() && !PyUnicode_Check(h.ptr()) && !PyBytes_Check(h.ptr()) &&
@@ -206,7 +219,7 @@ std::int64_t as_int(py::handle h, const char* name) {
 namespace {
 
 py::array param_array(py::handle h, const char* name) {
-  py::array a;
+  py::array a = no_array();
   if (py::isinstance<py::array>(h))
     a = py::reinterpret_borrow<py::array>(h);
   else if (!PyUnicode_Check(h.ptr()) && !PyBytes_Check(h.ptr()) && convertible_to_array(h))
@@ -305,12 +318,7 @@ NCSCall prepare_ncs(py::handle input, py::handle out, int min_rank) {
     direct = layout == Layout::contiguous ? is_c_contiguous(o) : is_channels_last(o);
     if (direct) call.y = o;
   }
-  if (!direct) {
-    if (layout == Layout::contiguous)
-      call.y = py::array(x.dtype(), shape_of(x));
-    else
-      call.y = py::array(x.dtype(), shape_of(x), channels_last_strides(x));
-  }
+  if (!direct) call.y = new_array_like(x, layout == Layout::channels_last);
   std::int64_t S = 1;
   for (py::ssize_t d = 2; d < rank; ++d) S *= x.shape(d);
   call.ref = NCSRef{x.data(), call.y.mutable_data(), dtype_of(x, "input"), x.shape(0),
@@ -362,7 +370,7 @@ RowsCall prepare_rows(py::handle input, py::handle normalized_shape, py::handle 
     direct = is_c_contiguous(o);
     if (direct) call.y = o;
   }
-  if (!direct) call.y = py::array(x.dtype(), shape_of(x));
+  if (!direct) call.y = new_array_like(x, false);
   call.dtype = dtype_of(x, "input");
   call.row_len = 1;
   for (py::ssize_t d = rank - k; d < rank; ++d) call.row_len *= x.shape(d);

@@ -17,6 +17,10 @@ namespace bindings {
 
 namespace py = pybind11;
 
+// An empty py::array handle (holds nothing). pybind11's default py::array() creates a NumPy
+// array of size 0: a few hundred instructions per call, for nothing, on the hot path.
+inline py::array no_array() { return py::reinterpret_steal<py::array>(py::handle()); }
+
 [[noreturn]] void type_error(const std::string& msg);
 [[noreturn]] void value_error(const std::string& msg);
 
@@ -50,8 +54,8 @@ MutParamRef as_running(py::handle h, const char* name, bool write);
 // else through one contiguous copy), with the output allocated in the same layout or taken
 // from `out`. finish() copies into `out` when it could not be written directly.
 struct NCSCall {
-  py::array x;       // the array the kernel reads
-  py::array y;       // the array the kernel writes
+  py::array x = no_array();  // the array the kernel reads
+  py::array y = no_array();  // the array the kernel writes
   py::object out;    // user's out (None if not given)
   NCSRef ref;
   py::object result() const;
@@ -62,7 +66,7 @@ NCSCall prepare_ncs(py::handle input, py::handle out, int min_rank);
 // when it differs) and grad_input allocated in that layout.
 struct GradCall {
   NCSCall fwd;      // fwd.x: the input; fwd.y: grad_input
-  py::array dy;
+  py::array dy = no_array();
   NCSGradRef ref;
 };
 GradCall prepare_grad(py::handle grad_output, py::handle input, int min_rank);
@@ -71,7 +75,7 @@ py::array rows_grad(py::handle grad_output, const py::array& x);
 
 // Rows x row_len view for layer_norm / rms_norm (trailing dims of size row_len).
 struct RowsCall {
-  py::array x, y;
+  py::array x = no_array(), y = no_array();
   py::object out;
   DType dtype;
   std::int64_t rows = 0, row_len = 0;
@@ -94,7 +98,7 @@ class Saved {
 
  private:
   bool on_, with_mean_;
-  // Created only when on_ (a default py::array_t would allocate an empty array per call).
+  // Created only when on_ (see no_array).
   py::array_t<double> mean_{py::reinterpret_steal<py::array_t<double>>(py::handle())};
   py::array_t<double> invstd_{py::reinterpret_steal<py::array_t<double>>(py::handle())};
 };

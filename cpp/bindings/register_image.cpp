@@ -64,7 +64,7 @@ py::object normalize_images_py(py::object images, py::object mean, py::object st
   const std::vector<py::ssize_t> shape =
       out_cl ? std::vector<py::ssize_t>{N, H, W, C} : std::vector<py::ssize_t>{N, C, H, W};
   const py::dtype odt = f16 ? py::dtype("float16") : py::dtype("float32");
-  py::array y;
+  py::array y = no_array();
   if (out.is_none()) {
     y = py::array(odt, shape);
   } else {

@@ -123,6 +123,11 @@ const A* param_view(const ParamRef& p, i64 n, std::vector<A>& storage) {
   return storage.data();
 }
 
+// Element i of an optional parameter, dflt where it is absent.
+inline double param_or(const ParamRef& p, i64 i, double dflt) {
+  return p.present() ? p.get(i) : dflt;
+}
+
 inline std::vector<double> param_vector_d(const ParamRef& p, i64 n, double dflt) {
   return param_vector<double>(p, n, dflt);
 }

@@ -81,23 +81,35 @@ void channel_pass(const NCSRef& t, Finish finish, const typename Kern<T>::A* M,
 }
 
 // Per-channel affine coefficients of a normalization: M = mean, Sc = weight * invstd, B = bias.
-// (Two allocations per call, whatever the number of arrays: small calls are malloc-bound.)
+// Up to kInline slots live inside the object (no allocation: a tiny call is malloc-bound);
+// more take two allocations, whatever the number of arrays. Not copyable (points into itself).
 template <class A>
 struct Coefs {
+  static constexpr i64 kInline = 64;
   i64 n;
+  A ainline[3 * kInline];
+  double dinline[2 * kInline];
   std::vector<A> abuf;
   std::vector<double> dbuf;
   A *M, *Sc, *B;
   double *mean, *var;
-  explicit Coefs(i64 count)
-      : n(count),
-        abuf(static_cast<std::size_t>(3 * count)),
-        dbuf(static_cast<std::size_t>(2 * count)),
-        M(abuf.data()),
-        Sc(M + count),
-        B(Sc + count),
-        mean(dbuf.data()),
-        var(mean + count) {}
+  explicit Coefs(i64 count) : n(count) {
+    A* a = ainline;
+    double* d = dinline;
+    if (count > kInline) {
+      abuf.resize(static_cast<std::size_t>(3 * count));
+      dbuf.resize(static_cast<std::size_t>(2 * count));
+      a = abuf.data();
+      d = dbuf.data();
+    }
+    M = a;
+    Sc = a + count;
+    B = a + 2 * count;
+    mean = d;
+    var = d + count;
+  }
+  Coefs(const Coefs&) = delete;
+  Coefs& operator=(const Coefs&) = delete;
   void set(i64 i, double m, double v, double w, double b, double eps) {
     const auto u = static_cast<std::size_t>(i);
     mean[u] = m;
@@ -148,11 +160,9 @@ void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight
                   bool training, double eps, SavedStats saved, int act) {
   using A = typename Kern<T>::A;
   const i64 C = t.C, n = t.N * t.S;
-  const std::vector<double> w = param_vector_d(weight, C, 1.0), b = param_vector_d(bias, C, 0.0);
   Coefs<A> cf(C);
   auto finish = [&](i64 c, const Moments& m) {
-    cf.set(c, m.mean, biased_var(m), w[static_cast<std::size_t>(c)],
-           b[static_cast<std::size_t>(c)], eps);
+    cf.set(c, m.mean, biased_var(m), param_or(weight, c, 1.0), param_or(bias, c, 0.0), eps);
   };
   if (!training) {
     for (i64 c = 0; c < C; ++c) finish(c, Moments{1.0, running.mean.get(c), running.var.get(c)});
@@ -184,11 +194,10 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
   using A = typename Kern<T>::A;
   const auto& k = Kern<T>::get();
   const i64 N = t.N, C = t.C, S = t.S, slots = N * C;
-  const std::vector<double> w = param_vector_d(weight, C, 1.0), b = param_vector_d(bias, C, 0.0);
   Coefs<A> cf(slots);
   auto finish = [&](i64 slot, const Moments& m) {
-    const auto c = static_cast<std::size_t>(slot % C);
-    cf.set(slot, m.mean, biased_var(m), w[c], b[c], eps);
+    const i64 c = slot % C;
+    cf.set(slot, m.mean, biased_var(m), param_or(weight, c, 1.0), param_or(bias, c, 0.0), eps);
   };
   const T* x = static_cast<const T*>(t.x);
   T* y = static_cast<T*>(t.y);
@@ -255,7 +264,6 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
   using A = typename Kern<T>::A;
   const auto& k = Kern<T>::get();
   const i64 N = t.N, C = t.C, S = t.S, Cg = C / G, slots = N * G;
-  const std::vector<double> w = param_vector_d(weight, C, 1.0), b = param_vector_d(bias, C, 0.0);
   std::vector<double> mean(static_cast<std::size_t>(slots)), var(mean);
   // Per (n, c) coefficients: the group's mean, weight[c] * the group's invstd, bias[c].
   Coefs<A> cf(N * C);
@@ -265,8 +273,7 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
     var[u] = biased_var(m);
     const i64 n = slot / G, c0 = (slot % G) * Cg;
     for (i64 c = c0; c < c0 + Cg; ++c)
-      cf.set(n * C + c, mean[u], var[u], w[static_cast<std::size_t>(c)],
-             b[static_cast<std::size_t>(c)], eps);
+      cf.set(n * C + c, mean[u], var[u], param_or(weight, c, 1.0), param_or(bias, c, 0.0), eps);
   };
   const T* x = static_cast<const T*>(t.x);
   T* y = static_cast<T*>(t.y);
