@@ -195,6 +195,7 @@ bool as_bool(py::handle h, const char* name) {
 }
 
 double as_real(py::handle h, const char* name) {
+  if (PyFloat_CheckExact(h.ptr())) return PyFloat_AS_DOUBLE(h.ptr());  // the common case
   const bool ok = !PyBool_Check(h.ptr()) &&
                   (PyFloat_Check(h.ptr()) || PyLong_Check(h.ptr()) ||
                    py::isinstance(h, numpy().attr("floating")) ||

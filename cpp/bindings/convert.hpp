@@ -21,6 +21,25 @@ namespace py = pybind11;
 // array of size 0: a few hundred instructions per call, for nothing, on the hot path.
 inline py::array no_array() { return py::reinterpret_steal<py::array>(py::handle()); }
 
+// Releases the GIL around a call's work (like py::gil_scoped_release) unless the call touches
+// fewer than kMinElems elements: a tiny call would spend more on the GIL handoff than on its
+// data, and other Python threads gain nothing from a release that short.
+class NoGil {
+ public:
+  static constexpr std::int64_t kMinElems = 16384;
+  explicit NoGil(std::int64_t elems) {
+    if (elems >= kMinElems) state_ = PyEval_SaveThread();
+  }
+  ~NoGil() {
+    if (state_) PyEval_RestoreThread(state_);
+  }
+  NoGil(const NoGil&) = delete;
+  NoGil& operator=(const NoGil&) = delete;
+
+ private:
+  PyThreadState* state_ = nullptr;
+};
+
 [[noreturn]] void type_error(const std::string& msg);
 [[noreturn]] void value_error(const std::string& msg);
 
@@ -59,6 +78,13 @@ struct NCSCall {
   py::object out;    // user's out (None if not given)
   NCSRef ref;
   py::object result() const;
+  // Elements of the input (saturated: only compared with small thresholds).
+  std::int64_t elems() const {
+    std::int64_t e = 0;
+    if (__builtin_mul_overflow(ref.N, ref.C, &e) || __builtin_mul_overflow(e, ref.S, &e))
+      return INT64_MAX;
+    return e;
+  }
 };
 NCSCall prepare_ncs(py::handle input, py::handle out, int min_rank);
 

@@ -24,21 +24,6 @@
 #include "ops/drivers.hpp"
 
 namespace normcpp {
-
-double ParamRef::get(std::int64_t i) const {
-  if (dtype == DType::f64) return static_cast<const double*>(data)[i * stride];
-  return static_cast<double>(static_cast<const float*>(data)[i * stride]);
-}
-
-double MutParamRef::get(std::int64_t i) const { return as_const().get(i); }
-
-void MutParamRef::set(std::int64_t i, double v) const {
-  if (dtype == DType::f64)
-    static_cast<double*>(data)[i * stride] = v;
-  else
-    static_cast<float*>(data)[i * stride] = static_cast<float>(v);
-}
-
 namespace ops {
 namespace {
 

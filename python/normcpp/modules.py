@@ -20,10 +20,11 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Union
 
 import numpy as np
 
+from . import _core
 from . import functional as F
 
 if TYPE_CHECKING:
@@ -64,6 +65,11 @@ class _Saved(NamedTuple):
     dtype: np.dtype  # the caller's input dtype, which grad_output must have
     overwritten: bool  # forward wrote its output over (part of) its input
     extra: Any = None  # kind-specific (SyncBatchNorm: communicator and global count)
+
+
+# _Saved from a tuple of all its fields, without the generated Python __new__ (every forward
+# saves one: this is on the hot path of a tiny call).
+_new_saved = tuple.__new__
 
 
 class _IncompatibleKeys(NamedTuple):
@@ -396,20 +402,21 @@ class Module:
         caller_input: np.ndarray | None = None,
         extra: Any = None,
     ) -> None:
-        """Remember a successful forward for :meth:`backward` (references only)."""
+        """Remember a successful forward for :meth:`backward` (references only; positional:
+        this runs on every forward)."""
         caller = input if caller_input is None else caller_input
-        self._saved = _Saved(
-            kind=kind,
-            input=input,
-            mean=mean,
-            invstd=invstd,
-            weight=getattr(self, "weight", None),
-            has_bias=getattr(self, "bias", None) is not None,
-            shape=tuple(caller.shape),
-            dtype=caller.dtype,
-            overwritten=_overlaps(out, caller),
-            extra=extra,
-        )
+        self._saved = _new_saved(_Saved, (
+            kind,
+            input,
+            mean,
+            invstd,
+            getattr(self, "weight", None),
+            getattr(self, "bias", None) is not None,
+            caller.shape,
+            caller.dtype,
+            out is not None and _overlaps(out, caller),
+            extra,
+        ))
 
     def train(self, mode: bool = True) -> Self:
         """Set training mode (``True``) or evaluation mode (``False``); returns ``self``.
@@ -619,6 +626,7 @@ class _NormBase(Module):
     _parameter_names = ("weight", "bias")
     _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
     _layouts: tuple[tuple[int, str, int], ...] = ()
+    _channel_dim: ClassVar[dict[int, int]] = {}  # ndim -> channel axis, from _layouts
 
     def __init__(
         self,
@@ -721,19 +729,23 @@ class _NormBase(Module):
             a is not None for a in (self.weight, self.bias, self.running_mean, self.running_var)
         )
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._channel_dim = {ndim: dim for ndim, _, dim in cls._layouts}
+
     def _check_input(self, input: Any) -> None:
-        """Type, rank and (where a per-channel array needs it) channel count of ``input``."""
-        _check_ndarray(input)
-        for ndim, _, dim in self._layouts:
-            if input.ndim == ndim:
-                break
-        else:
+        """Type, rank and (where a per-channel array needs it) channel count of ``input``.
+        (On every call: kept to a few attribute reads.)"""
+        if not isinstance(input, np.ndarray):
+            _check_ndarray(input)
+        dim = self._channel_dim.get(input.ndim)
+        if dim is None:
             expected = " or ".join(f"{ndim}-D input {names}" for ndim, names, _ in self._layouts)
             raise ValueError(
                 f"{type(self).__name__} expected {expected}, got {input.ndim}-D input of shape "
                 f"{input.shape}"
             )
-        if self._has_channel_state() and input.shape[dim] != self.num_features:
+        if input.shape[dim] != self.num_features and self._has_channel_state():
             raise ValueError(
                 f"{type(self).__name__} expected input with num_features={self.num_features} "
                 f"channels at dim {dim}, got {input.shape[dim]} (input shape {input.shape})"
@@ -936,11 +948,10 @@ class _BatchNorm(_NormBase):
 
     def _forward_running(self, input: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         """Eval or frozen: the per-channel affine map of the running statistics. (Its backward
-        reads the statistics from the module then, sparing the forward two allocations.)"""
-        result = F.batch_norm(
-            input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
-            self.eps, out=out,
-        )
+        reads the statistics from the module then, sparing the forward two allocations.)
+        The hot path of inference: straight to the core, positional arguments."""
+        result = _core.batch_norm(input, self.running_mean, self.running_var, self.weight,
+                                  self.bias, False, 0.0, self.eps, out, "raise", None)
         self._save("affine", input, None, None, out)
         return result
 

@@ -29,7 +29,10 @@ struct ParamRef {
   std::int64_t size = 0;
   std::int64_t stride = 1;  // in elements
   bool present() const { return data != nullptr; }
-  double get(std::int64_t i) const;
+  double get(std::int64_t i) const {
+    if (dtype == DType::f64) return static_cast<const double*>(data)[i * stride];
+    return static_cast<double>(static_cast<const float*>(data)[i * stride]);
+  }
 };
 
 // A writable 1-D array (running statistics updated in training).
@@ -39,9 +42,14 @@ struct MutParamRef {
   std::int64_t size = 0;
   std::int64_t stride = 1;
   bool present() const { return data != nullptr; }
-  double get(std::int64_t i) const;
-  void set(std::int64_t i, double v) const;
   ParamRef as_const() const { return {data, dtype, size, stride}; }
+  double get(std::int64_t i) const { return as_const().get(i); }
+  void set(std::int64_t i, double v) const {
+    if (dtype == DType::f64)
+      static_cast<double*>(data)[i * stride] = v;
+    else
+      static_cast<float*>(data)[i * stride] = static_cast<float>(v);
+  }
 };
 
 // An (N, C, S) tensor and where its result goes. x and y may be the same pointer.
