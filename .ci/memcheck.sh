@@ -23,6 +23,15 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 REAL_PY="$("$PYTHON" -c 'import sys; print(sys.executable)')"
 
+# valgrind from Debian's packages when missing (a fresh CI machine has none).
+if ! command -v valgrind >/dev/null && command -v apt-get >/dev/null; then
+  SUDO=()
+  [[ $(id -u) -eq 0 ]] || SUDO=(sudo -n)
+  export DEBIAN_FRONTEND=noninteractive
+  "${SUDO[@]}" apt-get install -y --no-install-recommends valgrind ||
+    { "${SUDO[@]}" apt-get update -q || true; "${SUDO[@]}" apt-get install -y --no-install-recommends valgrind; } ||
+    true
+fi
 command -v valgrind >/dev/null || { echo "memcheck: valgrind is not installed" >&2; exit 1; }
 
 if [[ "${NORMCPP_MEMCHECK_INSTALLED:-0}" != "1" ]]; then

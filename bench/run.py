@@ -1607,6 +1607,47 @@ def summarize(rows) -> dict[str, Any]:
     return s
 
 
+def tiny_module_calls(args) -> dict[str, dict[str, float | None]]:
+    """Target 3 of issue 3: one module call on (1, 16, 8, 8) float32, end to end from Python,
+    normcpp against torch.nn (under ``torch.no_grad()``, as inference runs), 1 thread.
+    Returns {name: {"normcpp": us, "torch": us}}."""
+    x = np.random.default_rng(7).standard_normal((1, 16, 8, 8)).astype(np.float32)
+    out: dict[str, dict[str, float | None]] = {}
+    old_nc = nc.get_num_threads()
+    old_torch = torch.get_num_threads() if torch is not None else None
+    nc.set_num_threads(1)
+    if torch is not None:
+        torch.set_num_threads(1)
+    try:
+        makers = {
+            "BatchNorm2d eval": (lambda: nc.BatchNorm2d(16).eval(),
+                                 lambda: torch.nn.BatchNorm2d(16).eval()),
+            "BatchNorm2d train": (lambda: nc.BatchNorm2d(16), lambda: torch.nn.BatchNorm2d(16)),
+            "GroupNorm(4, 16)": (lambda: nc.GroupNorm(4, 16), lambda: torch.nn.GroupNorm(4, 16)),
+            "LayerNorm(8)": (lambda: nc.LayerNorm(8), lambda: torch.nn.LayerNorm(8)),
+        }
+        for name, (make_nc, make_torch) in makers.items():
+            m = make_nc()
+            res: dict[str, float | None] = {
+                "normcpp": measure(lambda m=m: m(x), args.min_time, args.min_repeats).median}
+            res["torch"] = None
+            if torch is not None:
+                tm = make_torch()
+                xt = torch.from_numpy(x)
+
+                def call_torch(tm=tm, xt=xt):
+                    with torch.no_grad():
+                        return tm(xt)
+
+                res["torch"] = measure(call_torch, args.min_time, args.min_repeats).median
+            out[name] = res
+    finally:
+        nc.set_num_threads(old_nc)
+        if torch is not None:
+            torch.set_num_threads(old_torch)
+    return out
+
+
 def summary_lines(s: dict[str, Any]) -> list[str]:
     L = []
     g = s.get("geomean_speedup_float32")
@@ -1632,6 +1673,11 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
                      f"{c['label']} t={c['threads']}: {c[what]:.2f}x "
                      f"(normcpp {_fmt_us(c['normcpp_out_us' if what == 'ratio_out' else 'normcpp_us'])} us, "
                      f"copy {_fmt_us(c['copy_us'])} us)")
+    mods = s.get("tiny_module_1x16x8x8_us")
+    if mods:
+        L.append("tiny (1,16,8,8) float32 module call, 1 thread: " + "; ".join(
+            f"{k} normcpp {_fmt_us(v['normcpp'])} us vs torch {_fmt_us(v['torch'])} us"
+            for k, v in mods.items()))
     if s.get("noisy_cells"):
         L.append(f"NOISE: {s['noisy_cells']} of {s['cells']} cells ran while other processes kept "
                  f"> {NOISY_CPUS} CPUs busy (mean {s['foreign_cpus_mean']:.2f} CPUs): their timings, "
@@ -1861,6 +1907,8 @@ def main(argv=None) -> int:
     print()
     print_table(rows)
     summary = summarize(rows)
+    if nc is not None and not args.filter:
+        summary["tiny_module_1x16x8x8_us"] = tiny_module_calls(args)
     print()
     for line in summary_lines(summary):
         print(line)

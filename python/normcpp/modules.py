@@ -941,8 +941,8 @@ class _BatchNorm(_NormBase):
             self.eps,
             out=out,
         )
-        if update and self.num_batches_tracked is not None:
-            np.add(self.num_batches_tracked, 1, out=self.num_batches_tracked)
+        if update:
+            self._count_batch()
         self._save("batch", input, mean, invstd, out)
         return result
 
@@ -1003,8 +1003,14 @@ class _BatchNorm(_NormBase):
         new_var = (1.0 - m) * self.running_var.astype(np.float64) + m * unbiased_var
         np.copyto(self.running_mean, new_mean, casting="unsafe")
         np.copyto(self.running_var, new_var, casting="unsafe")
-        if self.num_batches_tracked is not None:
-            np.add(self.num_batches_tracked, 1, out=self.num_batches_tracked)
+        self._count_batch()
+
+    def _count_batch(self) -> None:
+        """``num_batches_tracked += 1`` in place (an item store: a ufunc call on a 0-d array
+        costs more than a whole tiny BatchNorm)."""
+        nbt = self.num_batches_tracked
+        if nbt is not None:
+            nbt[()] = nbt.item() + 1
 
     # backward -------------------------------------------------------------------------------
 
