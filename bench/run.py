@@ -1629,7 +1629,7 @@ def tiny_module_calls(args) -> dict[str, dict[str, float | None]]:
         for name, (make_nc, make_torch) in makers.items():
             m = make_nc()
             res: dict[str, float | None] = {
-                "normcpp": measure(lambda m=m: m(x), args.min_time, args.min_repeats).median}
+                "normcpp": measure(lambda m=m: m(x), args.min_time, args.min_repeats).median_us}
             res["torch"] = None
             if torch is not None:
                 tm = make_torch()
@@ -1639,7 +1639,7 @@ def tiny_module_calls(args) -> dict[str, dict[str, float | None]]:
                     with torch.no_grad():
                         return tm(xt)
 
-                res["torch"] = measure(call_torch, args.min_time, args.min_repeats).median
+                res["torch"] = measure(call_torch, args.min_time, args.min_repeats).median_us
             out[name] = res
     finally:
         nc.set_num_threads(old_nc)
@@ -1908,7 +1908,10 @@ def main(argv=None) -> int:
     print_table(rows)
     summary = summarize(rows)
     if nc is not None and not args.filter:
-        summary["tiny_module_1x16x8x8_us"] = tiny_module_calls(args)
+        try:
+            summary["tiny_module_1x16x8x8_us"] = tiny_module_calls(args)
+        except Exception as exc:  # the table above must still be written
+            print(f"tiny module calls: FAILED {_short_err(exc)}", flush=True)
     print()
     for line in summary_lines(summary):
         print(line)
