@@ -2,7 +2,8 @@
 
 Every function validates its arguments in C++ (``TypeError`` for a wrong type or dtype,
 ``ValueError`` for a wrong shape or value, each naming the argument), releases the GIL for the
-whole computation and changes nothing when it raises.
+whole computation (forward ops on fewer than 16,384 elements keep it) and changes nothing
+when it raises.
 """
 
 from __future__ import annotations
