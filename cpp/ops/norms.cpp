@@ -350,7 +350,10 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
 }  // namespace ops
 
 // Statistics of empty slots are undefined: NaN, as np.mean of an empty array.
+// Returns at once when no statistic is requested: n may be a huge channel count of an empty
+// input (the loop would otherwise run n empty iterations unless the optimizer removes it).
 static void saved_nan(SavedStats saved, std::int64_t n) {
+  if (!saved.mean && !saved.invstd) return;
   const double nan = std::numeric_limits<double>::quiet_NaN();
   for (std::int64_t i = 0; i < n; ++i) {
     if (saved.mean) saved.mean[i] = nan;
