@@ -78,13 +78,6 @@ struct NCSCall {
   py::object out;    // user's out (None if not given)
   NCSRef ref;
   py::object result() const;
-  // Elements of the input (saturated: only compared with small thresholds).
-  std::int64_t elems() const {
-    std::int64_t e = 0;
-    if (__builtin_mul_overflow(ref.N, ref.C, &e) || __builtin_mul_overflow(e, ref.S, &e))
-      return INT64_MAX;
-    return e;
-  }
 };
 NCSCall prepare_ncs(py::handle input, py::handle out, int min_rank);
 

@@ -77,7 +77,7 @@ py::object batch_norm_py(bool with_stats, py::object input, py::object running_m
                           as_running(running_var, "running_var", train), mom, propagate};
   Saved saved(with_stats, {call.ref.C});
   {
-    NoGil nogil(call.elems());
+    NoGil nogil(call.x.size());
     normcpp::batch_norm(call.ref, run, w, b, train, e, saved.view(), act);
   }
   return saved.result(call.result());
@@ -99,7 +99,7 @@ py::object instance_norm_py(bool with_stats, py::object input, py::object runnin
                           as_running(running_var, "running_var", use_stats), mom, propagate};
   Saved saved(with_stats && use_stats, {call.ref.N, call.ref.C});
   {
-    NoGil nogil(call.elems());
+    NoGil nogil(call.x.size());
     normcpp::instance_norm(call.ref, run, w, b, use_stats, e, saved.view());
   }
   if (with_stats && !use_stats) {
@@ -131,7 +131,7 @@ py::object group_norm_py(bool with_stats, py::object input, py::object num_group
   const ParamRef w = as_param(weight, "weight", keep), b = as_param(bias, "bias", keep);
   Saved saved(with_stats, {call.ref.N, groups > 0 ? groups : 1});
   {
-    NoGil nogil(call.elems());
+    NoGil nogil(call.x.size());
     normcpp::group_norm(call.ref, groups, w, b, e, saved.view(), act);
   }
   return saved.result(call.result());
@@ -150,7 +150,7 @@ py::object layer_norm_py(bool with_stats, py::object input, py::object normalize
   const ParamRef b = as_shaped_param(bias, "bias", call.norm_shape, keep);
   Saved saved(with_stats, call.lead_shape());
   {
-    NoGil nogil(call.rows * call.row_len);
+    NoGil nogil(call.x.size());
     normcpp::layer_norm(call.x.data(), call.y.mutable_data(), call.dtype, call.rows,
                         call.row_len, w, b, e, saved.view(), act);
   }
@@ -181,7 +181,7 @@ py::object rms_norm_py(bool with_stats, py::object input, py::object normalized_
   const ParamRef w = as_shaped_param(weight, "weight", call.norm_shape, keep);
   Saved saved(with_stats, call.lead_shape(), /*with_mean=*/false);
   {
-    NoGil nogil(call.rows * call.row_len);
+    NoGil nogil(call.x.size());
     normcpp::rms_norm(call.x.data(), call.y.mutable_data(), call.dtype, call.rows, call.row_len,
                       w, e, saved.view());
   }
