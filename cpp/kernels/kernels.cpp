@@ -734,24 +734,106 @@ void cl_dot(const T* x, const T* dy, i64 rows, i64 C, const typename VT<T>::A* M
   }
 }
 
-template <class T>
-void col_accum(const T* x, const T* dy, i64 n, typename VT<T>::A m, typename VT<T>::A s,
-               typename VT<T>::A* G, typename VT<T>::A* B) {
+// A tile of R rows (row stride ld) by n columns, each element read once. Dots: per row r,
+// out[2r] = sum dy * W and out[2r+1] = sum dy * W * (x - M[r]) (run_dot's blocks and sums).
+// Column sums: G[j] += sum_r dy * (x - M[r]) * S[r] and, HasB, B[j] += sum_r dy -- G and B are
+// loaded and stored once per tile instead of once per row.
+template <class T, int R, bool Dots, bool HasW, bool HasB>
+void tile_dot_cols_impl(const T* x, const T* dy, i64 ld, i64 n, const typename VT<T>::A* M,
+                        const typename VT<T>::A* S, const typename VT<T>::A* Wt, double* out,
+                        typename VT<T>::A* G, typename VT<T>::A* B) {
   using Tr = VT<T>;
   using A = typename Tr::A;
   using V = typename Tr::V;
   constexpr i64 W = Tr::W;
-  const V mv = splat<V>(m), sv = splat<V>(s);
-  i64 j = 0;
-  for (; j + W <= n; j += W) {
-    const V g = Tr::load(dy + j);
-    VT<A>::store(G + j, VT<A>::load(G + j) + g * ((Tr::load(x + j) - mv) * sv));
-    if (B) VT<A>::store(B + j, VT<A>::load(B + j) + g);
+  V mv[R], sv[R];
+  double ds[R], dd[R];
+  for (int r = 0; r < R; ++r) {
+    mv[r] = splat<V>(M[r]);
+    sv[r] = splat<V>(S[r]);
+    ds[r] = dd[r] = 0.0;
   }
-  for (; j < n; ++j) {
-    const A g = Tr::to_a(dy[j]);
-    G[j] += g * ((Tr::to_a(x[j]) - m) * s);
-    if (B) B[j] += g;
+  for (i64 b = 0; b < n; b += kBlock) {
+    const i64 end = b + imin(kBlock, n - b);
+    V s[R], d[R];
+    for (int r = 0; r < R; ++r) s[r] = d[r] = V{};
+    i64 j = b;
+    for (; j + W <= end; j += W) {
+      V gacc = VT<A>::load(G + j), bacc{}, wv{};
+      if constexpr (HasB) bacc = VT<A>::load(B + j);
+      if constexpr (Dots && HasW) wv = VT<A>::load(Wt + j);
+      for (int r = 0; r < R; ++r) {
+        const V g = Tr::load(dy + r * ld + j);
+        const V xc = Tr::load(x + r * ld + j) - mv[r];
+        if constexpr (Dots) {
+          const V gw = HasW ? g * wv : g;
+          s[r] += gw;
+          d[r] += gw * xc;
+        }
+        gacc += g * (xc * sv[r]);
+        if constexpr (HasB) bacc += g;
+      }
+      VT<A>::store(G + j, gacc);
+      if constexpr (HasB) VT<A>::store(B + j, bacc);
+    }
+    for (int r = 0; r < R; ++r) {
+      double bs = 0.0, bd = 0.0;
+      if constexpr (Dots) {
+        bs = hsum(s[r]);
+        bd = hsum(d[r]);
+      }
+      for (i64 t = j; t < end; ++t) {
+        const A g = Tr::to_a(dy[r * ld + t]);
+        const A xc = Tr::to_a(x[r * ld + t]) - M[r];
+        if constexpr (Dots) {
+          const A gw = HasW ? g * Wt[t] : g;
+          bs += static_cast<double>(gw);
+          bd += static_cast<double>(gw * xc);
+        }
+        G[t] += g * (xc * S[r]);
+        if constexpr (HasB) B[t] += g;
+      }
+      ds[r] += bs;
+      dd[r] += bd;
+    }
+  }
+  if constexpr (Dots)
+    for (int r = 0; r < R; ++r) {
+      out[2 * r] = ds[r];
+      out[2 * r + 1] = dd[r];
+    }
+}
+
+template <class T, int R, bool HasB>
+void tile_dot_cols_r(const T* x, const T* dy, i64 ld, i64 n, const typename VT<T>::A* M,
+                     const typename VT<T>::A* S, const typename VT<T>::A* Wt, double* out,
+                     typename VT<T>::A* G, typename VT<T>::A* B) {
+  if (!out)
+    tile_dot_cols_impl<T, R, false, false, HasB>(x, dy, ld, n, M, S, Wt, out, G, B);
+  else if (Wt)
+    tile_dot_cols_impl<T, R, true, true, HasB>(x, dy, ld, n, M, S, Wt, out, G, B);
+  else
+    tile_dot_cols_impl<T, R, true, false, HasB>(x, dy, ld, n, M, S, Wt, out, G, B);
+}
+
+template <class T>
+void tile_dot_cols(const T* x, const T* dy, i64 nr, i64 ld, i64 n, const typename VT<T>::A* M,
+                   const typename VT<T>::A* S, const typename VT<T>::A* Wt, double* out,
+                   typename VT<T>::A* G, typename VT<T>::A* B) {
+  constexpr int R = 4;
+  if (nr == R) {
+    if (B)
+      tile_dot_cols_r<T, R, true>(x, dy, ld, n, M, S, Wt, out, G, B);
+    else
+      tile_dot_cols_r<T, R, false>(x, dy, ld, n, M, S, Wt, out, G, B);
+    return;
+  }
+  for (i64 r = 0; r < nr; ++r) {
+    double* o = out ? out + 2 * r : nullptr;
+    if (B)
+      tile_dot_cols_r<T, 1, true>(x + r * ld, dy + r * ld, ld, n, M + r, S + r, Wt, o, G, B);
+    else
+      tile_dot_cols_r<T, 1, false>(x + r * ld, dy + r * ld, ld, n, M + r, S + r, Wt, o, G, B);
   }
 }
 
@@ -833,7 +915,7 @@ template <class T>
 constexpr TypedKernels<T, typename VT<T>::A> typed() {
   return {&run_moments<T>, &run_sumsq<T>, &cl_scratch_elems<T>, &cl_moments<T>,
           &apply_scalar<T>, &apply_cl<T>,  &apply_row<T>,        &run_dot<T>,
-          &cl_dot<T>,       &col_accum<T>, &bwd_row<T>,          &bwd_cl<T>};
+          &cl_dot<T>,       &tile_dot_cols<T>, &bwd_row<T>,          &bwd_cl<T>};
 }
 
 #define NORMCPP_STR2(x) #x

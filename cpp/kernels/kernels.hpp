@@ -46,8 +46,12 @@ struct TypedKernels {
   // Channels-last rows x C: sdy[c] += sum dy, sdx[c] += sum dy * (x - M[c]).
   void (*cl_dot)(const T* x, const T* dy, std::int64_t rows, std::int64_t C, const A* M,
                  A* scratch, double* sdy, double* sdx);
-  // Column sums of one row: G[j] += dy[j] * (x[j] - m) * s, B[j] += dy[j] (B may be null).
-  void (*col_accum)(const T* x, const T* dy, std::int64_t n, A m, A s, A* G, A* B);
+  // A tile of nr <= 4 rows (row stride ld, n columns), each element read once: out (if not
+  // null) gets run_dot's two sums per row, out[2r], out[2r+1], with M[r] and W; column sums
+  // G[j] += sum_r dy[r][j] * (x[r][j] - M[r]) * S[r] and B[j] += sum_r dy[r][j] (B may be null).
+  void (*tile_dot_cols)(const T* x, const T* dy, std::int64_t nr, std::int64_t ld,
+                        std::int64_t n, const A* M, const A* S, const A* W, double* out, A* G,
+                        A* B);
   // dx[i] = a * W[i] * dy[i] + b * (x[i] - m) + c (W null: 1).
   void (*bwd_row)(const T* x, const T* dy, T* dx, std::int64_t n, A m, A a, const A* W, A b,
                   A c);

@@ -233,6 +233,9 @@ void group_backward_t(const NCSGradRef& t, i64 G, ParamRef weight, const double*
   }
 }
 
+// Rows per tile_dot_cols call (the kernel's register tile; kFlushRows is a multiple of it).
+constexpr i64 kTileRows = 4;
+
 // Column sums for layer/rms norm parameter gradients: gw[j] = sum_r dy * (x - m_r) * r_r,
 // gb[j] = sum_r dy, by column blocks (one thread each), flushed to double every kFlushRows.
 template <class T>
@@ -253,10 +256,10 @@ void row_param_grads(const T* x, const T* dy, i64 rows, i64 L, const std::vector
       for (auto& v : G) v = A(0);
       for (auto& v : B) v = A(0);
       const i64 r1 = (rows - r0 < kFlushRows) ? rows : r0 + kFlushRows;
-      for (i64 r = r0; r < r1; ++r) {
+      for (i64 r = r0; r < r1; r += kTileRows) {
         const auto u = static_cast<std::size_t>(r);
-        k.col_accum(x + r * L + j0, dy + r * L + j0, w, Mr[u], Ir[u], G.data(),
-                    gb ? B.data() : nullptr);
+        k.tile_dot_cols(x + r * L + j0, dy + r * L + j0, std::min(kTileRows, r1 - r), L, w,
+                        &Mr[u], &Ir[u], nullptr, nullptr, G.data(), gb ? B.data() : nullptr);
       }
       for (i64 j = 0; j < w; ++j) {
         if (gw) gw[j0 + j] += static_cast<double>(G[static_cast<std::size_t>(j)]);
@@ -272,10 +275,14 @@ void row_param_grads(const T* x, const T* dy, i64 rows, i64 L, const std::vector
 constexpr i64 kFusedRowLen = 16384;
 
 // Layer/RMS norm backward in one visit per row. Rows are cut into fixed chunks (a function of
-// the shape only); each chunk adds its rows' dgamma/dbeta contributions into float partials
-// flushed to its own double partials every kFlushRows rows, and the chunks' partials are
-// summed in chunk order: bitwise the same for any thread count. Scratch: O(chunks x L), chunks
-// <= kMaxChunks. Per row: sums, then column sums, then dx (dx may overwrite dy).
+// the shape only); each chunk adds its rows' dgamma/dbeta contributions into its thread's float
+// partials, flushed to the chunk's own double partials every kFlushRows rows, and the chunks'
+// partials are summed in chunk order: bitwise the same for any thread count. Scratch:
+// O((chunks + threads) x L), chunks <= kMaxRowChunks (fewer, larger chunks than the forward's:
+// this scratch is allocated and zeroed per call, 1.2 MB at 64 chunks of L = 768). Per tile of
+// rows: sums and column sums in one read, then dx row by row (dx may overwrite dy).
+constexpr i64 kMaxRowChunks = 16;
+
 template <class T>
 void row_backward_fused(const T* x, const T* dy, T* dx, i64 rows, i64 L,
                         const typename Kern<T>::A* Wp, const double* mean, const double* invstd,
@@ -286,18 +293,19 @@ void row_backward_fused(const T* x, const T* dy, T* dx, i64 rows, i64 L,
   constexpr i64 kFlushRows = 64;
   const i64 per_chunk_min = (kChunkElems + L - 1) / (L > 0 ? L : 1);
   i64 P = (rows + per_chunk_min - 1) / per_chunk_min;
-  if (P > kMaxChunks) P = kMaxChunks;
+  if (P > kMaxRowChunks) P = kMaxRowChunks;
   if (P < 1) P = 1;
   const bool cols = gw || gb;
+  const int nt = threads_for(rows * L, P);
   const auto uL = static_cast<std::size_t>(L), uP = static_cast<std::size_t>(P);
-  // Per chunk: float accumulators G, B and double partials GD, BD (allocated up front: no
-  // allocation inside the parallel region).
-  std::vector<A> facc(cols ? uP * 2 * uL : 0);
+  // Float accumulators G, B per thread, double partials GD, BD per chunk (allocated up front:
+  // no allocation inside the parallel region).
+  std::vector<A> facc(cols ? static_cast<std::size_t>(nt) * 2 * uL : 0);
   std::vector<double> dacc(cols ? uP * 2 * uL : 0, 0.0);
-  parallel_for(P, threads_for(rows * L, P), [&](i64 j, int) {
+  parallel_for(P, nt, [&](i64 j, int tid) {
     const i64 r0 = chunk_start(rows, P, j), r1 = chunk_start(rows, P, j + 1);
     const auto u = static_cast<std::size_t>(j);
-    A* G = cols ? facc.data() + u * 2 * uL : nullptr;
+    A* G = cols ? facc.data() + static_cast<std::size_t>(tid) * 2 * uL : nullptr;
     A* B = cols ? G + uL : nullptr;
     double* GD = cols ? dacc.data() + u * 2 * uL : nullptr;
     double* BD = cols ? GD + uL : nullptr;
@@ -307,17 +315,24 @@ void row_backward_fused(const T* x, const T* dy, T* dx, i64 rows, i64 L,
         std::fill(G, G + L, A(0));
         std::fill(B, B + L, A(0));
       }
-      for (i64 r = f0; r < f1; ++r) {
-        const auto ur = static_cast<std::size_t>(r);
-        const T* xr = x + r * L;
-        const T* dyr = dy + r * L;
-        double sums[2];
-        k.run_dot(xr, dyr, L, Mr[ur], Wp, sums);
-        if (cols) k.col_accum(xr, dyr, L, Mr[ur], Ir[ur], G, gb ? B : nullptr);
-        const double iv = invstd[r], n = static_cast<double>(L);
-        k.bwd_row(xr, dyr, dx + r * L, L, Mr[ur], Ir[ur], Wp,
-                  static_cast<A>(-iv * iv * iv * sums[1] / n),
-                  static_cast<A>(mean ? -iv * sums[0] / n : 0.0));
+      for (i64 t0 = f0; t0 < f1; t0 += kTileRows) {
+        const i64 nt = std::min(kTileRows, f1 - t0);
+        double sums[2 * kTileRows];
+        if (cols)
+          k.tile_dot_cols(x + t0 * L, dy + t0 * L, nt, L, L, &Mr[static_cast<std::size_t>(t0)],
+                          &Ir[static_cast<std::size_t>(t0)], Wp, sums, G, gb ? B : nullptr);
+        else
+          for (i64 r = 0; r < nt; ++r)
+            k.run_dot(x + (t0 + r) * L, dy + (t0 + r) * L, L,
+                      Mr[static_cast<std::size_t>(t0 + r)], Wp, sums + 2 * r);
+        for (i64 i = 0; i < nt; ++i) {
+          const i64 r = t0 + i;
+          const auto ur = static_cast<std::size_t>(r);
+          const double iv = invstd[r], n = static_cast<double>(L);
+          k.bwd_row(x + r * L, dy + r * L, dx + r * L, L, Mr[ur], Ir[ur], Wp,
+                    static_cast<A>(-iv * iv * iv * sums[2 * i + 1] / n),
+                    static_cast<A>(mean ? -iv * sums[2 * i] / n : 0.0));
+        }
       }
       if (cols)
         for (i64 c = 0; c < L; ++c) {

@@ -330,17 +330,27 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
                 B ? B + e0 : nullptr, act);
   };
   const RunGeom g{rows, 1, L, 0, L};
+  // A short row is reduced whole (len == L): the next row is prefetched first.
+  const auto next = [&](i64 off, i64 len) {
+    if (len == L) prefetch_ahead(x + off + L, static_cast<std::size_t>(L) * sizeof(T));
+  };
   if (rms) {
     // Moments with the mean pinned at 0: M2 = sum of squares, merged by Chan's formula.
     run_driver<true>(
         g,
         [&](i64, i64 off, i64 len) {
+          next(off, len);
           return Moments{static_cast<double>(len), 0.0, k.run_sumsq(x + off, len)};
         },
         finish, apply);
   } else {
     run_driver<true>(
-        g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish, apply);
+        g,
+        [&](i64, i64 off, i64 len) {
+          next(off, len);
+          return k.run_moments(x + off, len);
+        },
+        finish, apply);
   }
   if (rows * L == 0) return;
   write_saved(saved, mean.data(), var.data(), static_cast<i64>(mean.size()), eps);
