@@ -14,6 +14,9 @@ void register_config(py::module_& m) {
   m.def("set_num_threads", &normcpp::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &normcpp::get_num_threads);
   m.def("has_openmp", &normcpp::has_openmp);
+  // Streaming-store threshold in bytes (tests and tuning; NORMCPP_STREAM_BYTES sets it too).
+  m.def("set_stream_threshold", &normcpp::set_stream_threshold, py::arg("bytes"));
+  m.def("get_stream_threshold", &normcpp::get_stream_threshold);
   m.def("compiled_isas", &normcpp::compiled_isas);
   m.def("supported_isas", &normcpp::supported_isas);
   m.def("selected_isa", &normcpp::selected_isa);

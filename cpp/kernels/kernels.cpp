@@ -159,6 +159,62 @@ inline double hsum(V v) {
   return s;
 }
 
+// ------------------------------------------------------------------- streaming stores
+// A non-temporal ("streaming") store writes a vector to memory past the caches: for an output
+// far larger than the last-level cache it saves the read-for-ownership of every output line
+// and leaves the cache to the inputs (the planners ask for it above stream_threshold()).
+// float32 on x86 only; elsewhere a streamed row is written with plain stores.
+template <class T>
+constexpr bool kCanStream = false;
+#if defined(__SSE2__)
+template <>
+constexpr bool kCanStream<float> = true;
+inline void stream_store(float* p, vfloat v) {
+#if defined(__AVX512F__)
+  _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
+#elif defined(__AVX__)
+  _mm256_stream_ps(p, reinterpret_cast<__m256>(v));
+#else
+  _mm_stream_ps(p, reinterpret_cast<__m128>(v));
+#endif
+}
+inline void stream_fence() { _mm_sfence(); }
+#else
+inline void stream_store(float* p, vfloat v) { VT<float>::store(p, v); }
+inline void stream_fence() {}
+#endif
+
+// y[0..n) of one elementwise row: vec(i) gives elements [i, i + W) as a vector, one(i) element
+// i. Plain: vectors up to nv = n - n % W, then one() for the rest. Streamed: the same elements
+// come from the same vector arithmetic (lane j of vec(i) depends only on element i + j), so the
+// values are bitwise those of the plain path: the head up to the first vector-aligned address
+// and the piece after the last aligned vector below nv are lanes of vec(0) and vec(nv - W),
+// both computed before anything is written (y may be x), and the aligned vectors in between
+// are streamed. Ends with a store fence.
+template <class T, class VecF, class OneF>
+inline void write_row(T* y, i64 n, bool stream, VecF&& vec, OneF&& one) {
+  using Tr = VT<T>;
+  using V = typename Tr::V;
+  constexpr i64 W = Tr::W;
+  const i64 nv = n - n % W;
+  i64 i = 0;
+  if constexpr (kCanStream<T>) {
+    const auto addr = reinterpret_cast<std::uintptr_t>(y);
+    if (stream && nv >= 2 * W && addr % sizeof(T) == 0) {
+      const i64 head = static_cast<i64>((sizeof(V) - addr % sizeof(V)) % sizeof(V) / sizeof(T));
+      const V first = vec(0), last = vec(nv - W);
+      for (; i < head; ++i) y[i] = first[i];
+      for (; i + W <= nv; i += W) stream_store(y + i, vec(i));
+      for (; i < nv; ++i) y[i] = last[i - (nv - W)];
+      stream_fence();
+      for (; i < n; ++i) y[i] = one(i);
+      return;
+    }
+  }
+  for (; i + W <= nv; i += W) Tr::store(y + i, vec(i));
+  for (; i < n; ++i) y[i] = one(i);
+}
+
 // Moments of one block x[0..len), len >= 1: exact two-pass (see the file comment).
 template <class T>
 inline Moments block_moments(const T* x, i64 len) {
@@ -504,25 +560,21 @@ inline void with_act(int act, F&& f) {
 
 template <int Act, class T>
 void apply_scalar_impl(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A a,
-                       typename VT<T>::A b) {
+                       typename VT<T>::A b, bool stream) {
   using Tr = VT<T>;
   using V = typename Tr::V;
-  constexpr i64 W = Tr::W;
   const V mv = splat<V>(m), av = splat<V>(a), bv = splat<V>(b);
-  i64 i = 0;
-  for (; i + 2 * W <= n; i += 2 * W) {
-    const V u = Tr::load(x + i), v = Tr::load(x + i + W);
-    Tr::store(y + i, activate<Act>((u - mv) * av + bv));
-    Tr::store(y + i + W, activate<Act>((v - mv) * av + bv));
-  }
-  for (; i + W <= n; i += W) Tr::store(y + i, activate<Act>((Tr::load(x + i) - mv) * av + bv));
-  for (; i < n; ++i) y[i] = Tr::from_a(activate_one<Act>((Tr::to_a(x[i]) - m) * a + b));
+  write_row(
+      y, n, stream, [&](i64 i) { return activate<Act>((Tr::load(x + i) - mv) * av + bv); },
+      [&](i64 i) { return Tr::from_a(activate_one<Act>((Tr::to_a(x[i]) - m) * a + b)); });
 }
 
 template <class T>
 void apply_scalar(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A a,
-                  typename VT<T>::A b, int act) {
-  with_act(act, [&](auto tag) { apply_scalar_impl<decltype(tag)::value>(x, y, n, m, a, b); });
+                  typename VT<T>::A b, int act, bool stream) {
+  with_act(act, [&](auto tag) {
+    apply_scalar_impl<decltype(tag)::value>(x, y, n, m, a, b, stream);
+  });
 }
 
 template <int Act, class T>
@@ -577,36 +629,36 @@ void apply_cl(const T* x, T* y, i64 rows, i64 C, const typename VT<T>::A* M,
 
 template <int Act, class T, bool HasW, bool HasB>
 void apply_row_impl(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A s,
-                    const typename VT<T>::A* Wt, const typename VT<T>::A* Bs) {
+                    const typename VT<T>::A* Wt, const typename VT<T>::A* Bs, bool stream) {
   using Tr = VT<T>;
   using A = typename Tr::A;
   using V = typename Tr::V;
-  constexpr i64 W = Tr::W;
   const V mv = splat<V>(m), sv = splat<V>(s);
-  i64 i = 0;
-  for (; i + W <= n; i += W) {
-    V v = (Tr::load(x + i) - mv) * sv;
-    if constexpr (HasW) v = v * VT<A>::load(Wt + i);
-    if constexpr (HasB) v = v + VT<A>::load(Bs + i);
-    Tr::store(y + i, activate<Act>(v));
-  }
-  for (; i < n; ++i) {
-    A v = (Tr::to_a(x[i]) - m) * s;
-    if constexpr (HasW) v = v * Wt[i];
-    if constexpr (HasB) v = v + Bs[i];
-    y[i] = Tr::from_a(activate_one<Act>(v));
-  }
+  write_row(
+      y, n, stream,
+      [&](i64 i) {
+        V v = (Tr::load(x + i) - mv) * sv;
+        if constexpr (HasW) v = v * VT<A>::load(Wt + i);
+        if constexpr (HasB) v = v + VT<A>::load(Bs + i);
+        return activate<Act>(v);
+      },
+      [&](i64 i) {
+        A v = (Tr::to_a(x[i]) - m) * s;
+        if constexpr (HasW) v = v * Wt[i];
+        if constexpr (HasB) v = v + Bs[i];
+        return Tr::from_a(activate_one<Act>(v));
+      });
 }
 
 template <class T>
 void apply_row(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A s,
-               const typename VT<T>::A* Wt, const typename VT<T>::A* Bs, int act) {
+               const typename VT<T>::A* Wt, const typename VT<T>::A* Bs, int act, bool stream) {
   with_act(act, [&](auto tag) {
     constexpr int Act = decltype(tag)::value;
-    if (Wt && Bs) return apply_row_impl<Act, T, true, true>(x, y, n, m, s, Wt, Bs);
-    if (Wt) return apply_row_impl<Act, T, true, false>(x, y, n, m, s, Wt, Bs);
-    if (Bs) return apply_row_impl<Act, T, false, true>(x, y, n, m, s, Wt, Bs);
-    apply_row_impl<Act, T, false, false>(x, y, n, m, s, Wt, Bs);
+    if (Wt && Bs) return apply_row_impl<Act, T, true, true>(x, y, n, m, s, Wt, Bs, stream);
+    if (Wt) return apply_row_impl<Act, T, true, false>(x, y, n, m, s, Wt, Bs, stream);
+    if (Bs) return apply_row_impl<Act, T, false, true>(x, y, n, m, s, Wt, Bs, stream);
+    apply_row_impl<Act, T, false, false>(x, y, n, m, s, Wt, Bs, stream);
   });
 }
 
@@ -840,32 +892,35 @@ void tile_dot_cols(const T* x, const T* dy, i64 nr, i64 ld, i64 n, const typenam
 template <class T, bool HasW>
 void bwd_row_impl(const T* x, const T* dy, T* dx, i64 n, typename VT<T>::A m,
                   typename VT<T>::A a, const typename VT<T>::A* Wt, typename VT<T>::A b,
-                  typename VT<T>::A c) {
+                  typename VT<T>::A c, bool stream) {
   using Tr = VT<T>;
   using A = typename Tr::A;
   using V = typename Tr::V;
-  constexpr i64 W = Tr::W;
   const V mv = splat<V>(m), av = splat<V>(a), bv = splat<V>(b), cv = splat<V>(c);
-  i64 i = 0;
-  for (; i + W <= n; i += W) {
-    V g = Tr::load(dy + i) * av;
-    if constexpr (HasW) g *= VT<A>::load(Wt + i);
-    Tr::store(dx + i, g + (Tr::load(x + i) - mv) * bv + cv);
-  }
-  for (; i < n; ++i) {
-    A g = Tr::to_a(dy[i]) * a;
-    if constexpr (HasW) g *= Wt[i];
-    dx[i] = Tr::from_a(g + (Tr::to_a(x[i]) - m) * b + c);
-  }
+  write_row(
+      dx, n, stream,
+      [&](i64 i) {
+        // Each product feeds its own sum, so the compiler's FMA contraction is the same in
+        // every copy of this expression (bitwise-equal streamed and plain rows).
+        V g = Tr::load(dy + i) * av;
+        if constexpr (HasW) g *= VT<A>::load(Wt + i);
+        return ((Tr::load(x + i) - mv) * bv + cv) + g;
+      },
+      [&](i64 i) {
+        A g = Tr::to_a(dy[i]) * a;
+        if constexpr (HasW) g *= Wt[i];
+        return Tr::from_a(((Tr::to_a(x[i]) - m) * b + c) + g);
+      });
 }
 
 template <class T>
 void bwd_row(const T* x, const T* dy, T* dx, i64 n, typename VT<T>::A m, typename VT<T>::A a,
-             const typename VT<T>::A* Wt, typename VT<T>::A b, typename VT<T>::A c) {
+             const typename VT<T>::A* Wt, typename VT<T>::A b, typename VT<T>::A c,
+             bool stream) {
   if (Wt)
-    bwd_row_impl<T, true>(x, dy, dx, n, m, a, Wt, b, c);
+    bwd_row_impl<T, true>(x, dy, dx, n, m, a, Wt, b, c, stream);
   else
-    bwd_row_impl<T, false>(x, dy, dx, n, m, a, Wt, b, c);
+    bwd_row_impl<T, false>(x, dy, dx, n, m, a, Wt, b, c, stream);
 }
 
 template <class T>

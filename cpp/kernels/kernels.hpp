@@ -30,14 +30,15 @@ struct TypedKernels {
   void (*cl_moments)(const T* x, std::int64_t rows, std::int64_t C, A* scratch, double* mean,
                      double* m2, double* count);
   // The apply kernels end with activation `act` (normcpp::Activation as int; 0 = none).
-  // y[i] = act((x[i] - m) * a + b).
-  void (*apply_scalar)(const T* x, T* y, std::int64_t n, A m, A a, A b, int act);
+  // `stream`: write the output with non-temporal stores where the ISA has them (float32 on
+  // x86; the values are bitwise those of plain stores). y[i] = act((x[i] - m) * a + b).
+  void (*apply_scalar)(const T* x, T* y, std::int64_t n, A m, A a, A b, int act, bool stream);
   // Channels-last rows x C: y[r][c] = act((x[r][c] - M[c]) * S[c] + B[c]).
   void (*apply_cl)(const T* x, T* y, std::int64_t rows, std::int64_t C, const A* M, const A* S,
                    const A* B, A* scratch, int act);
   // One row: y[j] = act((x[j] - m) * s * W[j] + B[j]); W and/or B may be null (1 and 0).
   void (*apply_row)(const T* x, T* y, std::int64_t n, A m, A s, const A* W, const A* B,
-                    int act);
+                    int act, bool stream);
 
   // ---- backward
   // out[0] = sum dy * W, out[1] = sum dy * W * (x - m) over n elements (W null: 1); block
@@ -52,9 +53,9 @@ struct TypedKernels {
   void (*tile_dot_cols)(const T* x, const T* dy, std::int64_t nr, std::int64_t ld,
                         std::int64_t n, const A* M, const A* S, const A* W, double* out, A* G,
                         A* B);
-  // dx[i] = a * W[i] * dy[i] + b * (x[i] - m) + c (W null: 1).
+  // dx[i] = a * W[i] * dy[i] + b * (x[i] - m) + c (W null: 1); `stream` as for apply.
   void (*bwd_row)(const T* x, const T* dy, T* dx, std::int64_t n, A m, A a, const A* W, A b,
-                  A c);
+                  A c, bool stream);
   // Channels-last rows x C: dx = Av[c] * dy + Bv[c] * (x - M[c]) + Cv[c].
   void (*bwd_cl)(const T* x, const T* dy, T* dx, std::int64_t rows, std::int64_t C,
                  const A* M, const A* Av, const A* Bv, const A* Cv, A* scratch);

@@ -46,6 +46,7 @@ void channel_grad_pass(const NCSGradRef& t, const typename Kern<T>::A* mu, Finis
   T* dx = static_cast<T*>(t.dx);
   const i64 C = t.C;
   if (t.layout == Layout::contiguous) {
+    const bool st = stream_output<T>(t.N * C * t.S);
     const RunGeom g{C, t.N, t.S, C * t.S, t.S};
     run_driver<Stats, SumMerge>(
         g,
@@ -60,7 +61,7 @@ void channel_grad_pass(const NCSGradRef& t, const typename Kern<T>::A* mu, Finis
             const auto u = static_cast<std::size_t>(c);
             for_pieces(g, c, e0, e1, [&](i64 off, i64 len) {
               k.bwd_row(x + off, dy + off, dx + off, len, cf.M[u], cf.Av[u], nullptr, cf.Bv[u],
-                        cf.Cv[u]);
+                        cf.Cv[u], st);
             });
           }
         });
@@ -173,6 +174,7 @@ void group_backward_t(const NCSGradRef& t, i64 G, ParamRef weight, const double*
   if (t.layout == Layout::contiguous) {
     // Slots of the drivers are (n, c) planes; Cg == 1 (instance norm) fuses the two passes.
     const RunGeom g{N * C, 1, S, 0, S};
+    const bool st = stream_output<T>(N * C * S);
     auto reduce = [&](i64 s, i64 off, i64 len) {
       double out[2];
       k.run_dot(x + off, dy + off, len, mu[static_cast<std::size_t>(s)], nullptr, out);
@@ -187,7 +189,7 @@ void group_backward_t(const NCSGradRef& t, i64 G, ParamRef weight, const double*
       const auto u = static_cast<std::size_t>(s);
       const i64 off = s * S + e0;
       k.bwd_row(x + off, dy + off, dx + off, e1 - e0, cf.M[u], cf.Av[u], nullptr, cf.Bv[u],
-                cf.Cv[u]);
+                cf.Cv[u], st);
     };
     if (Cg == 1) {
       run_driver<true, SumMerge>(g, reduce, store, apply);
@@ -296,6 +298,7 @@ void row_backward_fused(const T* x, const T* dy, T* dx, i64 rows, i64 L,
   if (P > kMaxRowChunks) P = kMaxRowChunks;
   if (P < 1) P = 1;
   const bool cols = gw || gb;
+  const bool st = stream_output<T>(rows * L);
   const int nt = threads_for(rows * L, P);
   const auto uL = static_cast<std::size_t>(L), uP = static_cast<std::size_t>(P);
   // Float accumulators G, B per thread, double partials GD, BD per chunk (allocated up front:
@@ -331,7 +334,7 @@ void row_backward_fused(const T* x, const T* dy, T* dx, i64 rows, i64 L,
           const double iv = invstd[r], n = static_cast<double>(L);
           k.bwd_row(x + r * L, dy + r * L, dx + r * L, L, Mr[ur], Ir[ur], Wp,
                     static_cast<A>(-iv * iv * iv * sums[2 * i + 1] / n),
-                    static_cast<A>(mean ? -iv * sums[2 * i] / n : 0.0));
+                    static_cast<A>(mean ? -iv * sums[2 * i] / n : 0.0), st);
         }
       }
       if (cols)
@@ -376,6 +379,7 @@ void row_backward_t(const void* xv, const void* dyv, void* dxv, i64 rows, i64 L,
   // Parameter gradients first: dx may overwrite dy (in-place backward).
   if (gw || gb) row_param_grads<T>(x, dy, rows, L, Mr, Ir, gw, gb);
   std::vector<A> Bv(static_cast<std::size_t>(rows)), Cv(Bv);
+  const bool st = stream_output<T>(rows * L);
   const RunGeom g{rows, 1, L, 0, L};
   run_driver<true, SumMerge>(
       g,
@@ -395,7 +399,7 @@ void row_backward_t(const void* xv, const void* dyv, void* dxv, i64 rows, i64 L,
         const auto u = static_cast<std::size_t>(r);
         const i64 off = r * L + e0;
         k.bwd_row(x + off, dy + off, dx + off, e1 - e0, Mr[u], Ir[u], Wp ? Wp + e0 : nullptr,
-                  Bv[u], Cv[u]);
+                  Bv[u], Cv[u], st);
       });
 }
 

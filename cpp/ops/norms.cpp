@@ -39,13 +39,14 @@ void channel_pass(const NCSRef& t, Finish finish, const typename Kern<T>::A* M,
   T* y = static_cast<T*>(t.y);
   const i64 C = t.C;
   if (t.layout == Layout::contiguous) {
+    const bool st = stream_output<T>(t.N * C * t.S);
     const RunGeom g{C, t.N, t.S, C * t.S, t.S};
     run_driver<Stats>(
         g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
         [&](i64 c, i64 e0, i64 e1) {
           if constexpr (Apply)
             for_pieces(g, c, e0, e1, [&](i64 off, i64 len) {
-              k.apply_scalar(x + off, y + off, len, M[c], Sc[c], B[c], act);
+              k.apply_scalar(x + off, y + off, len, M[c], Sc[c], B[c], act, st);
             });
         });
     return;
@@ -190,6 +191,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
   auto pass = [&](auto stats, auto apply) {
     constexpr bool St = decltype(stats)::value, Ap = decltype(apply)::value;
     if (t.layout == Layout::contiguous) {
+      const bool st = stream_output<T>(slots * S);
       const RunGeom g{slots, 1, S, 0, S};
       run_driver<St>(
           g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
@@ -197,7 +199,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
             const auto u = static_cast<std::size_t>(s);
             const i64 off = s * S + e0;
             if constexpr (Ap)
-              k.apply_scalar(x + off, y + off, e1 - e0, cf.M[u], cf.Sc[u], cf.B[u], 0);
+              k.apply_scalar(x + off, y + off, e1 - e0, cf.M[u], cf.Sc[u], cf.B[u], 0, st);
           });
     } else {
       cl_driver<St, A>(
@@ -263,6 +265,7 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
   const T* x = static_cast<const T*>(t.x);
   T* y = static_cast<T*>(t.y);
   if (t.layout == Layout::contiguous) {
+    const bool st = stream_output<T>(slots * Cg * S);
     const RunGeom g{slots, 1, Cg * S, 0, Cg * S};
     run_driver<true>(
         g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
@@ -274,7 +277,7 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
             const i64 len = (end < e1 ? end : e1) - e0;
             const auto u = static_cast<std::size_t>(nc0 + e0 / S);
             const i64 off = slot * Cg * S + e0;
-            k.apply_scalar(x + off, y + off, len, cf.M[u], cf.Sc[u], cf.B[u], act);
+            k.apply_scalar(x + off, y + off, len, cf.M[u], cf.Sc[u], cf.B[u], act, st);
             e0 += len;
           }
         });
@@ -323,11 +326,12 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
     Mr[i] = static_cast<A>(mean[i]);
     Ir[i] = static_cast<A>(inv_std(var[i], eps));
   };
+  const bool st = stream_output<T>(rows * L);
   auto apply = [&](i64 r, i64 e0, i64 e1) {
     const auto i = static_cast<std::size_t>(r);
     const i64 off = r * L + e0;
     k.apply_row(x + off, y + off, e1 - e0, Mr[i], Ir[i], W ? W + e0 : nullptr,
-                B ? B + e0 : nullptr, act);
+                B ? B + e0 : nullptr, act, st);
   };
   const RunGeom g{rows, 1, L, 0, L};
   // A short row is reduced whole (len == L): the next row is prefetched first.

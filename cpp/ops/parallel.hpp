@@ -15,6 +15,13 @@ namespace ops {
 constexpr std::int64_t kMinWorkPerThread = 32768;
 
 int configured_threads();
+// Output bytes from which the apply kernels stream their stores (set_stream_threshold).
+std::int64_t stream_threshold();
+// Whether an output of `elems` elements of T is written with streaming stores.
+template <class T>
+inline bool stream_output(std::int64_t elems) {
+  return elems * static_cast<std::int64_t>(sizeof(T)) >= stream_threshold();
+}
 
 // Threads to use for `work` elements spread over `items` independent items.
 inline int threads_for(std::int64_t work, std::int64_t items) {

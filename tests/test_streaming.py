@@ -1,0 +1,128 @@
+"""Streaming (non-temporal) stores: outputs at or above ``get_stream_threshold()`` bytes are
+written past the caches. The values must be bitwise those of plain stores, whatever the output's
+alignment (a streamed row starts and ends with lanes of the same vector arithmetic), in place
+too, and for every kernel that streams: the NCHW apply (batch/instance/group norm), the row
+apply (layer/rms norm, with activations) and the backward elementwise pass."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import normcpp as nc
+from normcpp import _core
+
+
+@pytest.fixture
+def stream_threshold():
+    """Yields a setter for the threshold and restores the default afterwards."""
+    old = _core.get_stream_threshold()
+    yield _core.set_stream_threshold
+    _core.set_stream_threshold(old)
+
+
+def _buffer(shape, dtype, offset_bytes):
+    """An aligned-for-dtype but otherwise arbitrarily placed output array."""
+    itemsize = np.dtype(dtype).itemsize
+    n = int(np.prod(shape))
+    raw = np.empty(n * itemsize + 64 + offset_bytes, np.uint8)
+    base = (-raw.ctypes.data) % 64 + offset_bytes
+    out = raw[base : base + n * itemsize].view(dtype).reshape(shape)
+    assert out.ctypes.data % 64 == offset_bytes
+    return out
+
+
+RNG = np.random.default_rng(7)
+
+# (name, input shape, call(x, out) -> array): every path whose output kernel streams.
+FORWARD = [
+    ("batch_norm eval", (3, 5, 7, 9), lambda x, out: nc.batch_norm(
+        x, np.linspace(-1, 1, 5), np.linspace(0.5, 2, 5), np.linspace(0.5, 1.5, 5),
+        np.linspace(-0.2, 0.2, 5), out=out)),
+    ("batch_norm train", (2, 4, 37), lambda x, out: nc.batch_norm(x, training=True, out=out)),
+    ("instance_norm", (2, 3, 11, 13), lambda x, out: nc.instance_norm(x, out=out)),
+    ("group_norm", (2, 6, 5, 7), lambda x, out: nc.group_norm(
+        x, 3, np.linspace(0.5, 1.5, 6), np.linspace(-1, 1, 6), out=out)),
+    ("group_norm silu", (2, 6, 29), lambda x, out: nc.group_norm(
+        x, 2, out=out, activation="silu")),
+    ("layer_norm", (6, 101), lambda x, out: nc.layer_norm(
+        x, (101,), np.linspace(0.5, 1.5, 101), np.linspace(-1, 1, 101), out=out)),
+    ("layer_norm gelu", (5, 64), lambda x, out: nc.layer_norm(
+        x, (64,), out=out, activation="gelu")),
+    ("layer_norm weight only", (4, 3, 19), lambda x, out: nc.layer_norm(
+        x, (3, 19), np.linspace(0.5, 1.5, 57).reshape(3, 19), out=out)),
+    ("rms_norm", (7, 45), lambda x, out: nc.rms_norm(x, (45,), np.linspace(1, 2, 45), out=out)),
+]
+
+
+def _pair(call, x, out, threshold, setter):
+    setter(threshold)
+    return call(x, out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", FORWARD, ids=[c[0] for c in FORWARD])
+def test_forward_streamed_equals_plain(case, dtype, stream_threshold):
+    _, shape, call = case
+    x = (RNG.standard_normal(shape) * 3 + 1).astype(dtype)
+    stream_threshold(2**62)
+    plain = call(x, None)
+    stream_threshold(0)
+    assert _core.get_stream_threshold() == 0
+    fresh = call(x, None)
+    np.testing.assert_array_equal(fresh, plain)
+    for offset in range(0, 64, np.dtype(dtype).itemsize):
+        out = _buffer(shape, dtype, offset)
+        got = call(x, out)
+        assert got is out
+        np.testing.assert_array_equal(out, plain, err_msg=f"output at 64k + {offset} bytes")
+    inplace = x.copy()
+    call(inplace, inplace)
+    np.testing.assert_array_equal(inplace, plain, err_msg="in place")
+
+
+BACKWARD = [
+    ("batch_norm", (3, 4, 7, 5), lambda x, dy: nc.batch_norm_backward(
+        dy, x, np.linspace(0.5, 1.5, 4), *nc.batch_norm_forward(x, training=True)[1:])),
+    ("instance_norm", (2, 3, 9, 7), lambda x, dy: nc.instance_norm_backward(
+        dy, x, None, *nc.instance_norm_forward(x)[1:])),
+    ("group_norm", (2, 6, 23), lambda x, dy: nc.group_norm_backward(
+        dy, x, 3, np.linspace(0.5, 1.5, 6), *nc.group_norm_forward(x, 3)[1:])),
+    ("layer_norm", (9, 77), lambda x, dy: nc.layer_norm_backward(
+        dy, x, (77,), np.linspace(0.5, 1.5, 77), *nc.layer_norm_forward(x, (77,))[1:])),
+    ("rms_norm", (5, 3, 40), lambda x, dy: nc.rms_norm_backward(
+        dy, x, (3, 40), None, nc.rms_norm_forward(x, (3, 40))[1])),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", BACKWARD, ids=[c[0] for c in BACKWARD])
+def test_backward_streamed_equals_plain(case, dtype, stream_threshold):
+    _, shape, call = case
+    x = (RNG.standard_normal(shape) * 2 - 1).astype(dtype)
+    dy = RNG.standard_normal(shape).astype(dtype)
+    stream_threshold(2**62)
+    plain = call(x, dy)
+    stream_threshold(0)
+    streamed = call(x, dy)
+    assert len(plain) == len(streamed)
+    for a, b in zip(plain, streamed):
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_array_equal(b, a)
+
+
+def test_threshold_setting(stream_threshold):
+    default = _core.get_stream_threshold()
+    env = os.environ.get("NORMCPP_STREAM_BYTES")
+    if env is None:
+        assert 4 * 2**20 <= default <= 8 * 2**20
+    else:
+        assert default == int(env)
+    stream_threshold(12345)
+    assert _core.get_stream_threshold() == 12345
+    stream_threshold(-1)
+    assert _core.get_stream_threshold() == default
