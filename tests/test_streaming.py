@@ -2,7 +2,8 @@
 written past the caches. The values must be bitwise those of plain stores, whatever the output's
 alignment (a streamed row starts and ends with lanes of the same vector arithmetic), in place
 too, and for every kernel that streams: the NCHW apply (batch/instance/group norm), the row
-apply (layer/rms norm, with activations) and the backward elementwise pass."""
+apply (layer/rms norm, with activations) and the backward elementwise pass. Only rows of at least 4 cache lines stream, so every
+row here is longer than 64 float32 elements."""
 
 from __future__ import annotations
 
@@ -38,22 +39,22 @@ RNG = np.random.default_rng(7)
 
 # (name, input shape, call(x, out) -> array): every path whose output kernel streams.
 FORWARD = [
-    ("batch_norm eval", (3, 5, 7, 9), lambda x, out: nc.batch_norm(
+    ("batch_norm eval", (3, 5, 9, 11), lambda x, out: nc.batch_norm(
         x, np.linspace(-1, 1, 5), np.linspace(0.5, 2, 5), np.linspace(0.5, 1.5, 5),
         np.linspace(-0.2, 0.2, 5), out=out)),
-    ("batch_norm train", (2, 4, 37), lambda x, out: nc.batch_norm(x, training=True, out=out)),
+    ("batch_norm train", (2, 4, 97), lambda x, out: nc.batch_norm(x, training=True, out=out)),
     ("instance_norm", (2, 3, 11, 13), lambda x, out: nc.instance_norm(x, out=out)),
-    ("group_norm", (2, 6, 5, 7), lambda x, out: nc.group_norm(
+    ("group_norm", (2, 6, 9, 11), lambda x, out: nc.group_norm(
         x, 3, np.linspace(0.5, 1.5, 6), np.linspace(-1, 1, 6), out=out)),
-    ("group_norm silu", (2, 6, 29), lambda x, out: nc.group_norm(
+    ("group_norm silu", (2, 6, 83), lambda x, out: nc.group_norm(
         x, 2, out=out, activation="silu")),
     ("layer_norm", (6, 101), lambda x, out: nc.layer_norm(
         x, (101,), np.linspace(0.5, 1.5, 101), np.linspace(-1, 1, 101), out=out)),
-    ("layer_norm gelu", (5, 64), lambda x, out: nc.layer_norm(
-        x, (64,), out=out, activation="gelu")),
-    ("layer_norm weight only", (4, 3, 19), lambda x, out: nc.layer_norm(
-        x, (3, 19), np.linspace(0.5, 1.5, 57).reshape(3, 19), out=out)),
-    ("rms_norm", (7, 45), lambda x, out: nc.rms_norm(x, (45,), np.linspace(1, 2, 45), out=out)),
+    ("layer_norm gelu", (5, 200), lambda x, out: nc.layer_norm(
+        x, (200,), out=out, activation="gelu")),
+    ("layer_norm weight only", (4, 3, 37), lambda x, out: nc.layer_norm(
+        x, (3, 37), np.linspace(0.5, 1.5, 111).reshape(3, 37), out=out)),
+    ("rms_norm", (7, 145), lambda x, out: nc.rms_norm(x, (145,), np.linspace(1, 2, 145), out=out)),
 ]
 
 
@@ -84,14 +85,14 @@ def test_forward_streamed_equals_plain(case, dtype, stream_threshold):
 
 
 BACKWARD = [
-    ("batch_norm", (3, 4, 7, 5), lambda x, dy: nc.batch_norm_backward(
+    ("batch_norm", (3, 4, 9, 11), lambda x, dy: nc.batch_norm_backward(
         dy, x, np.linspace(0.5, 1.5, 4), *nc.batch_norm_forward(x, training=True)[1:])),
-    ("instance_norm", (2, 3, 9, 7), lambda x, dy: nc.instance_norm_backward(
+    ("instance_norm", (2, 3, 9, 11), lambda x, dy: nc.instance_norm_backward(
         dy, x, None, *nc.instance_norm_forward(x)[1:])),
-    ("group_norm", (2, 6, 23), lambda x, dy: nc.group_norm_backward(
+    ("group_norm", (2, 6, 83), lambda x, dy: nc.group_norm_backward(
         dy, x, 3, np.linspace(0.5, 1.5, 6), *nc.group_norm_forward(x, 3)[1:])),
-    ("layer_norm", (9, 77), lambda x, dy: nc.layer_norm_backward(
-        dy, x, (77,), np.linspace(0.5, 1.5, 77), *nc.layer_norm_forward(x, (77,))[1:])),
+    ("layer_norm", (9, 177), lambda x, dy: nc.layer_norm_backward(
+        dy, x, (177,), np.linspace(0.5, 1.5, 177), *nc.layer_norm_forward(x, (177,))[1:])),
     ("rms_norm", (5, 3, 40), lambda x, dy: nc.rms_norm_backward(
         dy, x, (3, 40), None, nc.rms_norm_forward(x, (3, 40))[1])),
 ]

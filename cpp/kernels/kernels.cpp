@@ -42,6 +42,11 @@
 #define NORMCPP_VBYTES 16
 #endif
 
+// Forces inlining of the per-vector pieces (activations, the element lambdas of write_row):
+// GCC otherwise outlines a lambda used at several call sites once it holds an activation, and
+// a call per vector (arguments and result through the stack) costs more than the arithmetic.
+#define NORMCPP_ALWAYS_INLINE __attribute__((always_inline))
+
 namespace normcpp {
 namespace kernels {
 namespace NORMCPP_KNS {
@@ -163,7 +168,8 @@ inline double hsum(V v) {
 // A non-temporal ("streaming") store writes a vector to memory past the caches: for an output
 // far larger than the last-level cache it saves the read-for-ownership of every output line
 // and leaves the cache to the inputs (the planners ask for it above stream_threshold()).
-// float32 on x86 only; elsewhere a streamed row is written with plain stores.
+// float32 on x86 only; elsewhere a streamed row is written with plain stores. Streaming stores
+// are weakly ordered: parallel_for fences each thread's stores when its work ends.
 template <class T>
 constexpr bool kCanStream = false;
 #if defined(__SSE2__)
@@ -178,35 +184,38 @@ inline void stream_store(float* p, vfloat v) {
   _mm_stream_ps(p, reinterpret_cast<__m128>(v));
 #endif
 }
-inline void stream_fence() { _mm_sfence(); }
 #else
 inline void stream_store(float* p, vfloat v) { VT<float>::store(p, v); }
-inline void stream_fence() {}
 #endif
 
 // y[0..n) of one elementwise row: vec(i) gives elements [i, i + W) as a vector, one(i) element
-// i. Plain: vectors up to nv = n - n % W, then one() for the rest. Streamed: the same elements
-// come from the same vector arithmetic (lane j of vec(i) depends only on element i + j), so the
-// values are bitwise those of the plain path: the head up to the first vector-aligned address
-// and the piece after the last aligned vector below nv are lanes of vec(0) and vec(nv - W),
-// both computed before anything is written (y may be x), and the aligned vectors in between
-// are streamed. Ends with a store fence.
+// i. Plain: vectors up to nv = n - n % W, then one() for the rest. Streamed: only whole 64-byte
+// lines are streamed (a line written partly by plain and partly by streaming stores -- at the
+// seams between rows -- costs a partial write to memory); the elements before the first and
+// after the last whole line are stored plainly. Every element below nv still comes from the
+// same vector arithmetic (lane j of vec(i) depends only on element i + j), so the values are
+// bitwise those of the plain path: the lanes before the first vector on the grid are lanes of
+// vec(0) and those after its last vector lanes of vec(nv - W), both computed before anything
+// is written (y may be x).
 template <class T, class VecF, class OneF>
-inline void write_row(T* y, i64 n, bool stream, VecF&& vec, OneF&& one) {
+NORMCPP_ALWAYS_INLINE inline void write_row(T* y, i64 n, bool stream, VecF&& vec, OneF&& one) {
   using Tr = VT<T>;
   using V = typename Tr::V;
   constexpr i64 W = Tr::W;
+  constexpr i64 kLine = 64 / static_cast<i64>(sizeof(T));  // elements per cache line
   const i64 nv = n - n % W;
   i64 i = 0;
   if constexpr (kCanStream<T>) {
     const auto addr = reinterpret_cast<std::uintptr_t>(y);
-    if (stream && nv >= 2 * W && addr % sizeof(T) == 0) {
-      const i64 head = static_cast<i64>((sizeof(V) - addr % sizeof(V)) % sizeof(V) / sizeof(T));
+    if (stream && nv >= 4 * kLine && addr % sizeof(T) == 0) {
+      const i64 h = static_cast<i64>((64 - addr % 64) % 64 / sizeof(T));  // to the first line
+      const i64 e = h + (nv - h) / kLine * kLine;                          // after the last
       const V first = vec(0), last = vec(nv - W);
-      for (; i < head; ++i) y[i] = first[i];
-      for (; i + W <= nv; i += W) stream_store(y + i, vec(i));
+      for (; i < h % W; ++i) y[i] = first[i];
+      for (; i < h; i += W) Tr::store(y + i, vec(i));
+      for (; i < e; i += W) stream_store(y + i, vec(i));
+      for (; i + W <= nv; i += W) Tr::store(y + i, vec(i));
       for (; i < nv; ++i) y[i] = last[i - (nv - W)];
-      stream_fence();
       for (; i < n; ++i) y[i] = one(i);
       return;
     }
@@ -464,7 +473,7 @@ enum Act : int { kNone = 0, kRelu = 1, kRelu6 = 2, kSilu = 3, kGelu = 4 };
 
 typedef int vint __attribute__((vector_size(NORMCPP_VBYTES)));
 
-inline vfloat vexp(vfloat x) {
+NORMCPP_ALWAYS_INLINE inline vfloat vexp(vfloat x) {
   x = x < -87.3f ? vfloat{} - 87.3f : x;
   x = x > 88.7f ? vfloat{} + 88.7f : x;
   const vfloat k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x/ln2)
@@ -481,7 +490,7 @@ inline vfloat vexp(vfloat x) {
 }
 
 // erfc(z) for z >= 0.
-inline vfloat verfc_pos(vfloat z) {
+NORMCPP_ALWAYS_INLINE inline vfloat verfc_pos(vfloat z) {
   const vfloat t = 1.0f / (1.0f + 0.5f * z);
   vfloat p = vfloat{} + 0.17087277f;
   p = p * t - 0.82215223f;
@@ -497,7 +506,7 @@ inline vfloat verfc_pos(vfloat z) {
 }
 
 template <int Act>
-inline vfloat activate(vfloat v) {
+NORMCPP_ALWAYS_INLINE inline vfloat activate(vfloat v) {
   if constexpr (Act == kRelu) return v < 0.0f ? vfloat{} : v;  // keeps NaN
   if constexpr (Act == kRelu6) {
     v = v < 0.0f ? vfloat{} : v;
@@ -522,7 +531,7 @@ inline double activate_scalar(double v) {
 }
 
 template <int Act>
-inline vdouble activate(vdouble v) {
+NORMCPP_ALWAYS_INLINE inline vdouble activate(vdouble v) {
   if constexpr (Act == kNone) return v;
   for (unsigned i = 0; i < sizeof(vdouble) / sizeof(double); ++i) v[i] = activate_scalar<Act>(v[i]);
   return v;
@@ -565,7 +574,10 @@ void apply_scalar_impl(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT
   using V = typename Tr::V;
   const V mv = splat<V>(m), av = splat<V>(a), bv = splat<V>(b);
   write_row(
-      y, n, stream, [&](i64 i) { return activate<Act>((Tr::load(x + i) - mv) * av + bv); },
+      y, n, stream,
+      [&](i64 i) NORMCPP_ALWAYS_INLINE {
+        return activate<Act>((Tr::load(x + i) - mv) * av + bv);
+      },
       [&](i64 i) { return Tr::from_a(activate_one<Act>((Tr::to_a(x[i]) - m) * a + b)); });
 }
 
@@ -636,7 +648,7 @@ void apply_row_impl(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>
   const V mv = splat<V>(m), sv = splat<V>(s);
   write_row(
       y, n, stream,
-      [&](i64 i) {
+      [&](i64 i) NORMCPP_ALWAYS_INLINE {
         V v = (Tr::load(x + i) - mv) * sv;
         if constexpr (HasW) v = v * VT<A>::load(Wt + i);
         if constexpr (HasB) v = v + VT<A>::load(Bs + i);
@@ -899,7 +911,7 @@ void bwd_row_impl(const T* x, const T* dy, T* dx, i64 n, typename VT<T>::A m,
   const V mv = splat<V>(m), av = splat<V>(a), bv = splat<V>(b), cv = splat<V>(c);
   write_row(
       dx, n, stream,
-      [&](i64 i) {
+      [&](i64 i) NORMCPP_ALWAYS_INLINE {
         // Each product feeds its own sum, so the compiler's FMA contraction is the same in
         // every copy of this expression (bitwise-equal streamed and plain rows).
         V g = Tr::load(dy + i) * av;

@@ -7,6 +7,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <emmintrin.h>
+#endif
 
 namespace normcpp {
 namespace ops {
@@ -32,7 +35,16 @@ inline int threads_for(std::int64_t work, std::int64_t items) {
   return nt < 1 ? 1 : static_cast<int>(nt);
 }
 
-// f(item, thread_index) for item in [0, n), thread_index in [0, nt).
+// Orders this thread's streaming (non-temporal) stores before what follows: the kernels'
+// streamed outputs are visible to every thread once the parallel region that wrote them ends.
+inline void store_fence() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_sfence();
+#endif
+}
+
+// f(item, thread_index) for item in [0, n), thread_index in [0, nt). Each thread fences its
+// stores when its items are done (see store_fence).
 template <class F>
 void parallel_for(std::int64_t n, int nt, F&& f) {
 #ifdef _OPENMP
@@ -40,8 +52,9 @@ void parallel_for(std::int64_t n, int nt, F&& f) {
 #pragma omp parallel num_threads(nt)
     {
       const int tid = omp_get_thread_num();
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
       for (std::int64_t i = 0; i < n; ++i) f(i, tid);
+      store_fence();
     }
     return;
   }
@@ -49,6 +62,7 @@ void parallel_for(std::int64_t n, int nt, F&& f) {
   (void)nt;
 #endif
   for (std::int64_t i = 0; i < n; ++i) f(i, 0);
+  store_fence();
 }
 
 }  // namespace ops
