@@ -1,8 +1,9 @@
 """Streaming (non-temporal) stores: outputs at or above ``get_stream_threshold()`` bytes are
 written past the caches. The values must be bitwise those of plain stores, whatever the output's
 alignment (a streamed row starts and ends with lanes of the same vector arithmetic), in place
-too, and for every kernel that streams: the NCHW apply (batch/instance/group norm), the row
-apply (layer/rms norm, with activations) and the backward elementwise pass. Only rows of at least 4 cache lines stream, so every
+too, and for every kernel that streams: the NCHW apply (batch/instance/group norm), the
+channels-last apply, the row apply (layer/rms norm, with activations) and the backward
+elementwise pass. Only rows of at least 4 cache lines stream, so every
 row here is longer than 64 float32 elements."""
 
 from __future__ import annotations
@@ -80,6 +81,43 @@ def test_forward_streamed_equals_plain(case, dtype, stream_threshold):
         assert got is out
         np.testing.assert_array_equal(out, plain, err_msg=f"output at 64k + {offset} bytes")
     inplace = x.copy()
+    call(inplace, inplace)
+    np.testing.assert_array_equal(inplace, plain, err_msg="in place")
+
+
+def _p(c, lo, hi):
+    return np.linspace(lo, hi, c)
+
+
+# Channels-last (N, H, W, C) memory viewed as NCHW: the periodic channels-last apply kernel.
+CHANNELS_LAST = [
+    ("batch_norm eval C=3", (2, 9, 7, 3), lambda x, out: nc.batch_norm(
+        x, _p(3, -1, 1), _p(3, 0.5, 2), _p(3, 0.5, 1.5), _p(3, -0.2, 0.2), out=out)),
+    ("batch_norm train C=5", (3, 6, 5, 5), lambda x, out: nc.batch_norm(
+        x, training=True, out=out)),
+    ("batch_norm eval C=5 relu", (3, 6, 5, 5), lambda x, out: nc.batch_norm(
+        x, _p(5, -1, 1), _p(5, 0.5, 2), out=out, activation="relu")),
+    ("instance_norm C=24", (2, 4, 5, 24), lambda x, out: nc.instance_norm(x, out=out)),
+    ("group_norm C=64 gelu", (1, 3, 3, 64), lambda x, out: nc.group_norm(
+        x, 8, _p(64, 0.5, 1.5), _p(64, -1, 1), out=out, activation="gelu")),
+    ("group_norm C=6", (2, 7, 9, 6), lambda x, out: nc.group_norm(x, 3, out=out)),
+]
+
+
+@pytest.mark.parametrize("case", CHANNELS_LAST, ids=[c[0] for c in CHANNELS_LAST])
+def test_channels_last_streamed_equals_plain(case, stream_threshold):
+    _, nhwc, call = case
+    x = (RNG.standard_normal(nhwc) * 3 + 1).astype(np.float32).transpose(0, 3, 1, 2)
+    stream_threshold(2**62)
+    plain = call(x, None)
+    stream_threshold(0)
+    np.testing.assert_array_equal(call(x, None), plain)
+    for offset in range(0, 64, 4):
+        out = _buffer(nhwc, np.float32, offset).transpose(0, 3, 1, 2)
+        assert call(x, out) is out
+        np.testing.assert_array_equal(out, plain, err_msg=f"output at 64k + {offset} bytes")
+    inplace = x.copy(order="K")
+    assert inplace.strides == x.strides
     call(inplace, inplace)
     np.testing.assert_array_equal(inplace, plain, err_msg="in place")
 

@@ -592,29 +592,45 @@ void apply_scalar(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::
 template <int Act, class T>
 void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typename VT<T>::A* M,
                    const typename VT<T>::A* S, const typename VT<T>::A* B,
-                   typename VT<T>::A* scratch) {
+                   typename VT<T>::A* scratch, bool stream) {
   using Tr = VT<T>;
   using A = typename Tr::A;
   constexpr i64 W = Tr::W;
   const i64 P = cl_period<T>(C);
   if (P) {
+    // The channel pattern repeated over one period P (a multiple of W) plus W more elements,
+    // so a vector may start anywhere in the period (streamed rows start at a cache line).
+    const i64 E = P + W;
     A* Mp = scratch;
-    A* Sp = scratch + P;
-    A* Bp = scratch + 2 * P;
-    expand_period(M, C, Mp, P);
-    expand_period(S, C, Sp, P);
-    expand_period(B, C, Bp, P);
-    const i64 n = rows * C;
-    i64 i = 0, o = 0;
-    for (; i + W <= n; i += W) {
-      Tr::store(y + i, activate<Act>((Tr::load(x + i) - VT<A>::load(Mp + o)) *
-                                         VT<A>::load(Sp + o) +
-                                     VT<A>::load(Bp + o)));
-      o += W;
-      if (o == P) o = 0;
-    }
-    for (i64 j = 0; i < n; ++i, ++j)
-      y[i] = Tr::from_a(activate_one<Act>((Tr::to_a(x[i]) - Mp[o + j]) * Sp[o + j] + Bp[o + j]));
+    A* Sp = scratch + E;
+    A* Bp = scratch + 2 * E;
+    const auto extend = [&](const A* v, A* dst) {
+      expand_period(v, C, dst, P);
+      std::memcpy(dst + P, dst, static_cast<std::size_t>(W) * sizeof(A));
+    };
+    extend(M, Mp);
+    extend(S, Sp);
+    extend(B, Bp);
+    // Position in the period of element i: carried from the previous call (the loops step by
+    // W), recomputed with a division otherwise.
+    i64 next_i = 0, next_o = 0;
+    const auto at = [&](i64 i) NORMCPP_ALWAYS_INLINE {
+      i64 o = i == next_i ? next_o : i % P;
+      next_i = i + W;
+      next_o = o + W < P ? o + W : o + W - P;
+      return o;
+    };
+    write_row(
+        y, rows * C, stream,
+        [&](i64 i) NORMCPP_ALWAYS_INLINE {
+          const i64 o = at(i);
+          return activate<Act>((Tr::load(x + i) - VT<A>::load(Mp + o)) * VT<A>::load(Sp + o) +
+                               VT<A>::load(Bp + o));
+        },
+        [&](i64 i) {
+          const i64 o = i % P;
+          return Tr::from_a(activate_one<Act>((Tr::to_a(x[i]) - Mp[o]) * Sp[o] + Bp[o]));
+        });
     return;
   }
   for (i64 r = 0; r < rows; ++r) {
@@ -633,9 +649,9 @@ void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typename VT<T>::A* M
 template <class T>
 void apply_cl(const T* x, T* y, i64 rows, i64 C, const typename VT<T>::A* M,
               const typename VT<T>::A* S, const typename VT<T>::A* B,
-              typename VT<T>::A* scratch, int act) {
+              typename VT<T>::A* scratch, int act, bool stream) {
   with_act(act, [&](auto tag) {
-    apply_cl_impl<decltype(tag)::value>(x, y, rows, C, M, S, B, scratch);
+    apply_cl_impl<decltype(tag)::value>(x, y, rows, C, M, S, B, scratch, stream);
   });
 }
 

@@ -35,7 +35,7 @@ struct TypedKernels {
   void (*apply_scalar)(const T* x, T* y, std::int64_t n, A m, A a, A b, int act, bool stream);
   // Channels-last rows x C: y[r][c] = act((x[r][c] - M[c]) * S[c] + B[c]).
   void (*apply_cl)(const T* x, T* y, std::int64_t rows, std::int64_t C, const A* M, const A* S,
-                   const A* B, A* scratch, int act);
+                   const A* B, A* scratch, int act, bool stream);
   // One row: y[j] = act((x[j] - m) * s * W[j] + B[j]); W and/or B may be null (1 and 0).
   void (*apply_row)(const T* x, T* y, std::int64_t n, A m, A s, const A* W, const A* B,
                     int act, bool stream);

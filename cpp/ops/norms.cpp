@@ -38,8 +38,8 @@ void channel_pass(const NCSRef& t, Finish finish, const typename Kern<T>::A* M,
   const T* x = static_cast<const T*>(t.x);
   T* y = static_cast<T*>(t.y);
   const i64 C = t.C;
+  const bool st = stream_output<T>(t.N * C * t.S);
   if (t.layout == Layout::contiguous) {
-    const bool st = stream_output<T>(t.N * C * t.S);
     const RunGeom g{C, t.N, t.S, C * t.S, t.S};
     run_driver<Stats>(
         g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
@@ -62,7 +62,7 @@ void channel_pass(const NCSRef& t, Finish finish, const typename Kern<T>::A* M,
       },
       [&](i64, i64 r0, i64 r1, A* scr) {
         if constexpr (Apply)
-          k.apply_cl(x + r0 * C, y + r0 * C, r1 - r0, C, M, Sc, B, scr, act);
+          k.apply_cl(x + r0 * C, y + r0 * C, r1 - r0, C, M, Sc, B, scr, act, st);
       });
 }
 
@@ -190,8 +190,8 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
   // pass(stats, apply): one visit per slot doing either or both.
   auto pass = [&](auto stats, auto apply) {
     constexpr bool St = decltype(stats)::value, Ap = decltype(apply)::value;
+    const bool st = stream_output<T>(slots * S);
     if (t.layout == Layout::contiguous) {
-      const bool st = stream_output<T>(slots * S);
       const RunGeom g{slots, 1, S, 0, S};
       run_driver<St>(
           g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
@@ -215,7 +215,8 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
             const i64 off = (s * S + r0) * C;
             const auto u = static_cast<std::size_t>(s * C);
             if constexpr (Ap)
-              k.apply_cl(x + off, y + off, r1 - r0, C, cf.M + u, cf.Sc + u, cf.B + u, scr, 0);
+              k.apply_cl(x + off, y + off, r1 - r0, C, cf.M + u, cf.Sc + u, cf.B + u, scr, 0,
+                         st);
           });
     }
   };
@@ -264,8 +265,8 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
   };
   const T* x = static_cast<const T*>(t.x);
   T* y = static_cast<T*>(t.y);
+  const bool st = stream_output<T>(slots * Cg * S);
   if (t.layout == Layout::contiguous) {
-    const bool st = stream_output<T>(slots * Cg * S);
     const RunGeom g{slots, 1, Cg * S, 0, Cg * S};
     run_driver<true>(
         g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
@@ -300,7 +301,7 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
           const i64 off = (s * S + r0) * C;
           const auto u = static_cast<std::size_t>(s * C);
           k.apply_cl(x + off, y + off, r1 - r0, C, cf.M + u, cf.Sc + u,
-                     cf.B + u, scr, act);
+                     cf.B + u, scr, act, st);
         });
   }
   if (slots * Cg * S == 0) return;
