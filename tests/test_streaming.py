@@ -124,7 +124,7 @@ def test_channels_last_streamed_equals_plain(case, stream_threshold):
 
 BACKWARD = [
     ("batch_norm", (3, 4, 9, 11), lambda x, dy: nc.batch_norm_backward(
-        dy, x, np.linspace(0.5, 1.5, 4), *nc.batch_norm_forward(x, training=True)[1:])),
+        dy, x, np.linspace(0.5, 1.5, x.shape[1]), *nc.batch_norm_forward(x, training=True)[1:])),
     ("instance_norm", (2, 3, 9, 11), lambda x, dy: nc.instance_norm_backward(
         dy, x, None, *nc.instance_norm_forward(x)[1:])),
     ("group_norm", (2, 6, 83), lambda x, dy: nc.group_norm_backward(
@@ -136,12 +136,24 @@ BACKWARD = [
 ]
 
 
+# Channels-last backward (the periodic channels-last dx kernel): (N, H, W, C) viewed as NCHW.
+BACKWARD_CL = [
+    ("batch_norm channels-last C=3", (2, 9, 7, 3), BACKWARD[0][2]),
+    ("instance_norm channels-last C=24", (2, 4, 5, 24), BACKWARD[1][2]),
+    ("group_norm channels-last C=6", (2, 7, 9, 6), lambda x, dy: nc.group_norm_backward(
+        dy, x, 3, np.linspace(0.5, 1.5, 6), *nc.group_norm_forward(x, 3)[1:])),
+]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", BACKWARD, ids=[c[0] for c in BACKWARD])
+@pytest.mark.parametrize("case", BACKWARD + BACKWARD_CL,
+                         ids=[c[0] for c in BACKWARD + BACKWARD_CL])
 def test_backward_streamed_equals_plain(case, dtype, stream_threshold):
-    _, shape, call = case
+    name, shape, call = case
     x = (RNG.standard_normal(shape) * 2 - 1).astype(dtype)
     dy = RNG.standard_normal(shape).astype(dtype)
+    if "channels-last" in name:
+        x, dy = x.transpose(0, 3, 1, 2), dy.transpose(0, 3, 1, 2)
     stream_threshold(2**62)
     plain = call(x, dy)
     stream_threshold(0)

@@ -334,6 +334,26 @@ inline void expand_period(const A* v, i64 C, A* dst, i64 P) {
     std::memcpy(dst + p, v, static_cast<std::size_t>(C) * sizeof(A));
 }
 
+// expand_period, then the first W values again after the period (dst holds P + W): a vector
+// may then start anywhere in the period (write_row's streamed rows start at a cache line).
+template <class A>
+inline void expand_period_ext(const A* v, i64 C, A* dst, i64 P, i64 W) {
+  expand_period(v, C, dst, P);
+  std::memcpy(dst + P, dst, static_cast<std::size_t>(W) * sizeof(A));
+}
+
+// Position in a period P of flat element i, for a sequence of calls that mostly steps by W:
+// carried over from the previous call when i follows it, else one division.
+struct PeriodCursor {
+  i64 P, W, next_i = 0, next_o = 0;
+  NORMCPP_ALWAYS_INLINE i64 operator()(i64 i) {
+    const i64 o = i == next_i ? next_o : i % P;
+    next_i = i + W;
+    next_o = o + W < P ? o + W : o + W - P;
+    return o;
+  }
+};
+
 // One statistics pass over a (nrows x wd) matrix with row stride ld, plus a partial last row
 // of `tail` elements: per column j, S[j] += sum(x - K[j]) and, in the second pass (Sq),
 // Q[j] += sum((x - K[j])^2). Columns go in register strips of 2 vectors, rows stream by.
@@ -598,28 +618,15 @@ void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typename VT<T>::A* M
   constexpr i64 W = Tr::W;
   const i64 P = cl_period<T>(C);
   if (P) {
-    // The channel pattern repeated over one period P (a multiple of W) plus W more elements,
-    // so a vector may start anywhere in the period (streamed rows start at a cache line).
+    // The channel pattern over one period P (a multiple of W), extended by W elements.
     const i64 E = P + W;
     A* Mp = scratch;
     A* Sp = scratch + E;
     A* Bp = scratch + 2 * E;
-    const auto extend = [&](const A* v, A* dst) {
-      expand_period(v, C, dst, P);
-      std::memcpy(dst + P, dst, static_cast<std::size_t>(W) * sizeof(A));
-    };
-    extend(M, Mp);
-    extend(S, Sp);
-    extend(B, Bp);
-    // Position in the period of element i: carried from the previous call (the loops step by
-    // W), recomputed with a division otherwise.
-    i64 next_i = 0, next_o = 0;
-    const auto at = [&](i64 i) NORMCPP_ALWAYS_INLINE {
-      i64 o = i == next_i ? next_o : i % P;
-      next_i = i + W;
-      next_o = o + W < P ? o + W : o + W - P;
-      return o;
-    };
+    expand_period_ext(M, C, Mp, P, W);
+    expand_period_ext(S, C, Sp, P, W);
+    expand_period_ext(B, C, Bp, P, W);
+    PeriodCursor at{P, W};
     write_row(
         y, rows * C, stream,
         [&](i64 i) NORMCPP_ALWAYS_INLINE {
@@ -954,44 +961,50 @@ void bwd_row(const T* x, const T* dy, T* dx, i64 n, typename VT<T>::A m, typenam
 template <class T>
 void bwd_cl(const T* x, const T* dy, T* dx, i64 rows, i64 C, const typename VT<T>::A* M,
             const typename VT<T>::A* Av, const typename VT<T>::A* Bv,
-            const typename VT<T>::A* Cv, typename VT<T>::A* scratch) {
+            const typename VT<T>::A* Cv, typename VT<T>::A* scratch, bool stream) {
   using Tr = VT<T>;
   using A = typename Tr::A;
   constexpr i64 W = Tr::W;
   const i64 P = cl_period<T>(C);
-  const i64 L = P ? P : C;
-  A* Mp = scratch;
-  A* Ap = scratch + L;
-  A* Bp = scratch + 2 * L;
-  A* Cp = scratch + 3 * L;
-  if (P) {
-    expand_period(M, C, Mp, P);
-    expand_period(Av, C, Ap, P);
-    expand_period(Bv, C, Bp, P);
-    expand_period(Cv, C, Cp, P);
-  } else {
-    Mp = const_cast<A*>(M);
-    Ap = const_cast<A*>(Av);
-    Bp = const_cast<A*>(Bv);
-    Cp = const_cast<A*>(Cv);
-  }
   const i64 n = rows * C;
-  const i64 step = P ? P : C;
-  // Walk whole periods (or rows), vector by vector, then the scalar rest of each.
-  i64 i = 0;
-  for (; i + step <= n; i += step) {
-    i64 o = 0;
-    for (; o + W <= step; o += W)
-      Tr::store(dx + i + o, Tr::load(dy + i + o) * VT<A>::load(Ap + o) +
-                                (Tr::load(x + i + o) - VT<A>::load(Mp + o)) *
-                                    VT<A>::load(Bp + o) +
-                                VT<A>::load(Cp + o));
-    for (; o < step; ++o)
-      dx[i + o] = Tr::from_a(Tr::to_a(dy[i + o]) * Ap[o] + (Tr::to_a(x[i + o]) - Mp[o]) * Bp[o] +
-                             Cp[o]);
+  // dx = (x - M) * B + C + dy * A: each product feeds its own sum (one FMA contraction for
+  // every copy of the expression, so streamed and plain outputs are bitwise equal).
+  if (P) {
+    const i64 E = P + W;  // patterns over one period, extended by W (see expand_period_ext)
+    A* Mp = scratch;
+    A* Ap = scratch + E;
+    A* Bp = scratch + 2 * E;
+    A* Cp = scratch + 3 * E;
+    expand_period_ext(M, C, Mp, P, W);
+    expand_period_ext(Av, C, Ap, P, W);
+    expand_period_ext(Bv, C, Bp, P, W);
+    expand_period_ext(Cv, C, Cp, P, W);
+    PeriodCursor at{P, W};
+    write_row(
+        dx, n, stream,
+        [&](i64 i) NORMCPP_ALWAYS_INLINE {
+          const i64 o = at(i);
+          return ((Tr::load(x + i) - VT<A>::load(Mp + o)) * VT<A>::load(Bp + o) +
+                  VT<A>::load(Cp + o)) +
+                 Tr::load(dy + i) * VT<A>::load(Ap + o);
+        },
+        [&](i64 i) {
+          const i64 o = i % P;
+          return Tr::from_a(((Tr::to_a(x[i]) - Mp[o]) * Bp[o] + Cp[o]) + Tr::to_a(dy[i]) * Ap[o]);
+        });
+    return;
   }
-  for (i64 o = 0; i < n; ++i, ++o)
-    dx[i] = Tr::from_a(Tr::to_a(dy[i]) * Ap[o] + (Tr::to_a(x[i]) - Mp[o]) * Bp[o] + Cp[o]);
+  // Wide channel counts: row by row (plain stores), vectors then the scalar channel tail.
+  for (i64 i = 0; i < n; i += C) {
+    i64 o = 0;
+    for (; o + W <= C; o += W)
+      Tr::store(dx + i + o, ((Tr::load(x + i + o) - VT<A>::load(M + o)) * VT<A>::load(Bv + o) +
+                             VT<A>::load(Cv + o)) +
+                                Tr::load(dy + i + o) * VT<A>::load(Av + o));
+    for (; o < C; ++o)
+      dx[i + o] = Tr::from_a(((Tr::to_a(x[i + o]) - M[o]) * Bv[o] + Cv[o]) +
+                             Tr::to_a(dy[i + o]) * Av[o]);
+  }
 }
 
 template <class T>

@@ -45,8 +45,8 @@ void channel_grad_pass(const NCSGradRef& t, const typename Kern<T>::A* mu, Finis
   const T* dy = static_cast<const T*>(t.dy);
   T* dx = static_cast<T*>(t.dx);
   const i64 C = t.C;
+  const bool st = stream_output<T>(t.N * C * t.S);
   if (t.layout == Layout::contiguous) {
-    const bool st = stream_output<T>(t.N * C * t.S);
     const RunGeom g{C, t.N, t.S, C * t.S, t.S};
     run_driver<Stats, SumMerge>(
         g,
@@ -80,7 +80,7 @@ void channel_grad_pass(const NCSGradRef& t, const typename Kern<T>::A* mu, Finis
       [&](i64, i64 r0, i64 r1, A* scr) {
         if constexpr (Apply)
           k.bwd_cl(x + r0 * C, dy + r0 * C, dx + r0 * C, r1 - r0, C, cf.M.data(), cf.Av.data(),
-                   cf.Bv.data(), cf.Cv.data(), scr);
+                   cf.Bv.data(), cf.Cv.data(), scr, st);
       });
 }
 
@@ -171,10 +171,10 @@ void group_backward_t(const NCSGradRef& t, i64 G, ParamRef weight, const double*
   const T* x = static_cast<const T*>(t.x);
   const T* dy = static_cast<const T*>(t.dy);
   T* dx = static_cast<T*>(t.dx);
+  const bool st = stream_output<T>(N * C * S);
   if (t.layout == Layout::contiguous) {
     // Slots of the drivers are (n, c) planes; Cg == 1 (instance norm) fuses the two passes.
     const RunGeom g{N * C, 1, S, 0, S};
-    const bool st = stream_output<T>(N * C * S);
     auto reduce = [&](i64 s, i64 off, i64 len) {
       double out[2];
       k.run_dot(x + off, dy + off, len, mu[static_cast<std::size_t>(s)], nullptr, out);
@@ -219,7 +219,7 @@ void group_backward_t(const NCSGradRef& t, i64 G, ParamRef weight, const double*
           const i64 off = (s * S + r0) * C;
           const auto u = static_cast<std::size_t>(s * C);
           k.bwd_cl(x + off, dy + off, dx + off, r1 - r0, C, cf.M.data() + u, cf.Av.data() + u,
-                   cf.Bv.data() + u, cf.Cv.data() + u, scr);
+                   cf.Bv.data() + u, cf.Cv.data() + u, scr, st);
         });
   }
   // Parameter gradients, summed over samples in order.
