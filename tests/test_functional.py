@@ -580,3 +580,29 @@ def test_batch_norm_is_layer_norm_of_transposed(n, c, s, seed):
 def test_channels_last_output_layout_kept(rng):
     x = to_layout(make_input(rng, (2, 3, 4, 5), np.float32), "channels_last")
     assert is_channels_last(nc.batch_norm(x, training=True))
+
+
+# ---- short rows (normalized size <= 16 elements: one plain loop per row, no kernel calls)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("nshape", [(1,), (2,), (7,), (8,), (3, 5), (16,), (17,)])
+@pytest.mark.parametrize("affine", ["none", "weight", "both"])
+def test_short_rows_match_reference(dtype, nshape, affine):
+    rng = np.random.default_rng(sum(nshape) + len(affine))
+    x = (rng.standard_normal((37, *nshape)) * 4 + 2).astype(dtype)
+    w = (rng.standard_normal(nshape) + 1).astype(np.float32) if affine != "none" else None
+    b = rng.standard_normal(nshape).astype(np.float32) if affine == "both" else None
+    rtol, atol = ref.tolerance(dtype)
+    y, mean, invstd = nc.layer_norm_forward(x, nshape, w, b, 1e-5)
+    np.testing.assert_allclose(y.astype(np.float64), ref.layer_norm(x, nshape, w, b),
+                               rtol=rtol, atol=atol * 4)
+    axes = tuple(range(1, 1 + len(nshape)))
+    xd = x.astype(np.float64)
+    srtol = 1e-12 if dtype == np.float64 else 1e-6  # (17,): the float32-block kernel path
+    np.testing.assert_allclose(mean, xd.mean(axis=axes), rtol=srtol, atol=srtol)
+    np.testing.assert_allclose(invstd, 1 / np.sqrt(xd.var(axis=axes) + 1e-5), rtol=srtol)
+    z = nc.rms_norm(x, nshape, w)
+    np.testing.assert_allclose(z.astype(np.float64), ref.rms_norm(x, nshape, w),
+                               rtol=rtol, atol=atol * 4)
+    inplace = x.copy()
+    assert nc.layer_norm(inplace, nshape, w, b, out=inplace) is inplace
+    np.testing.assert_array_equal(inplace, y)
