@@ -1,6 +1,6 @@
 // Thread-count invariance: every op on inputs large enough to be split across threads and into
 // chunks gives bitwise identical outputs (tensors, saved and running statistics, gradients)
-// with set_num_threads(1), (2) and (3).
+// with set_num_threads(1), (2) and (3), and with streaming stores for every output.
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -181,6 +181,11 @@ void suite_threads(const std::string& isa) {
           normcpp::set_num_threads(nt);
           compare(tag, nt, one, run_ncs(dt, lay, c.N, c.C, c.S, c.G));
         }
+        // Streaming stores for every output (threshold 0): bitwise the same values.
+        ++counts().cases;
+        normcpp::set_stream_threshold(0);
+        compare(std::string(tag) + " streamed", 2, one, run_ncs(dt, lay, c.N, c.C, c.S, c.G));
+        normcpp::set_stream_threshold(-1);
       }
     for (const auto& c : rows) {
       char tag[160];
@@ -193,6 +198,10 @@ void suite_threads(const std::string& isa) {
         normcpp::set_num_threads(nt);
         compare(tag, nt, one, run_rows(dt, c.R, c.L));
       }
+      ++counts().cases;
+      normcpp::set_stream_threshold(0);
+      compare(std::string(tag) + " streamed", 2, one, run_rows(dt, c.R, c.L));
+      normcpp::set_stream_threshold(-1);
     }
   }
   normcpp::set_num_threads(saved);
