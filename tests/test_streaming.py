@@ -101,6 +101,9 @@ CHANNELS_LAST = [
     ("group_norm C=64 gelu", (1, 3, 3, 64), lambda x, out: nc.group_norm(
         x, 8, _p(64, 0.5, 1.5), _p(64, -1, 1), out=out, activation="gelu")),
     ("group_norm C=6", (2, 7, 9, 6), lambda x, out: nc.group_norm(x, 3, out=out)),
+    # lcm(C, lanes) > 1024: the row-by-row channels-last path
+    ("batch_norm eval C=1030", (2, 3, 1, 1030), lambda x, out: nc.batch_norm(
+        x, _p(1030, -1, 1), _p(1030, 0.5, 2), out=out, activation="relu")),
 ]
 
 
@@ -142,6 +145,7 @@ BACKWARD_CL = [
     ("instance_norm channels-last C=24", (2, 4, 5, 24), BACKWARD[1][2]),
     ("group_norm channels-last C=6", (2, 7, 9, 6), lambda x, dy: nc.group_norm_backward(
         dy, x, 3, np.linspace(0.5, 1.5, 6), *nc.group_norm_forward(x, 3)[1:])),
+    ("batch_norm channels-last C=1030", (2, 3, 1, 1030), BACKWARD[0][2]),
 ]
 
 

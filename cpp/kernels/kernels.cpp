@@ -618,40 +618,35 @@ void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typename VT<T>::A* M
   using A = typename Tr::A;
   constexpr i64 W = Tr::W;
   const i64 P = cl_period<T>(C);
+  const bool st = stream && kStreamable<Act>;
+  // Element i with the coefficients at channel position o of Mp, Sp, Bp.
+  const A *Mp = M, *Sp = S, *Bp = B;
+  const auto vec = [&](i64 i, i64 o) NORMCPP_ALWAYS_INLINE {
+    return activate<Act>((Tr::load(x + i) - VT<A>::load(Mp + o)) * VT<A>::load(Sp + o) +
+                         VT<A>::load(Bp + o));
+  };
+  const auto one = [&](i64 i, i64 o) {
+    return Tr::from_a(activate_one<Act>((Tr::to_a(x[i]) - Mp[o]) * Sp[o] + Bp[o]));
+  };
   if (P) {
-    // The channel pattern over one period P (a multiple of W), extended by W elements.
+    // One flat stream; the channel pattern over one period P (a multiple of W), extended by W.
     const i64 E = P + W;
-    A* Mp = scratch;
-    A* Sp = scratch + E;
-    A* Bp = scratch + 2 * E;
-    expand_period_ext(M, C, Mp, P, W);
-    expand_period_ext(S, C, Sp, P, W);
-    expand_period_ext(B, C, Bp, P, W);
+    expand_period_ext(M, C, scratch, P, W);
+    expand_period_ext(S, C, scratch + E, P, W);
+    expand_period_ext(B, C, scratch + 2 * E, P, W);
+    Mp = scratch;
+    Sp = scratch + E;
+    Bp = scratch + 2 * E;
     PeriodCursor at{P, W};
     write_row(
-        y, rows * C, stream && kStreamable<Act>,
-        [&](i64 i) NORMCPP_ALWAYS_INLINE {
-          const i64 o = at(i);
-          return activate<Act>((Tr::load(x + i) - VT<A>::load(Mp + o)) * VT<A>::load(Sp + o) +
-                               VT<A>::load(Bp + o));
-        },
-        [&](i64 i) {
-          const i64 o = i % P;
-          return Tr::from_a(activate_one<Act>((Tr::to_a(x[i]) - Mp[o]) * Sp[o] + Bp[o]));
-        });
+        y, rows * C, st, [&](i64 i) NORMCPP_ALWAYS_INLINE { return vec(i, at(i)); },
+        [&](i64 i) { return one(i, i % P); });
     return;
   }
-  for (i64 r = 0; r < rows; ++r) {
-    const T* xr = x + r * C;
-    T* yr = y + r * C;
-    i64 c = 0;
-    for (; c + W <= C; c += W)
-      Tr::store(yr + c, activate<Act>((Tr::load(xr + c) - VT<A>::load(M + c)) *
-                                          VT<A>::load(S + c) +
-                                      VT<A>::load(B + c)));
-    for (; c < C; ++c)
-      yr[c] = Tr::from_a(activate_one<Act>((Tr::to_a(xr[c]) - M[c]) * S[c] + B[c]));
-  }
+  for (i64 i0 = 0; i0 < rows * C; i0 += C)  // wide channel counts: row by row
+    write_row(
+        y + i0, C, st, [&](i64 c) NORMCPP_ALWAYS_INLINE { return vec(i0 + c, c); },
+        [&](i64 c) { return one(i0 + c, c); });
 }
 
 template <class T>
@@ -967,45 +962,38 @@ void bwd_cl(const T* x, const T* dy, T* dx, i64 rows, i64 C, const typename VT<T
   using A = typename Tr::A;
   constexpr i64 W = Tr::W;
   const i64 P = cl_period<T>(C);
-  const i64 n = rows * C;
-  // dx = (x - M) * B + C + dy * A: each product feeds its own sum (one FMA contraction for
-  // every copy of the expression, so streamed and plain outputs are bitwise equal).
+  // Element i with the coefficients at channel position o. dx = (x - M) * B + C + dy * A: each
+  // product feeds its own sum (one FMA contraction for every copy of the expression, so
+  // streamed and plain outputs are bitwise equal).
+  const A *Mp = M, *Ap = Av, *Bp = Bv, *Cp = Cv;
+  const auto vec = [&](i64 i, i64 o) NORMCPP_ALWAYS_INLINE {
+    return ((Tr::load(x + i) - VT<A>::load(Mp + o)) * VT<A>::load(Bp + o) +
+            VT<A>::load(Cp + o)) +
+           Tr::load(dy + i) * VT<A>::load(Ap + o);
+  };
+  const auto one = [&](i64 i, i64 o) {
+    return Tr::from_a(((Tr::to_a(x[i]) - Mp[o]) * Bp[o] + Cp[o]) + Tr::to_a(dy[i]) * Ap[o]);
+  };
   if (P) {
     const i64 E = P + W;  // patterns over one period, extended by W (see expand_period_ext)
-    A* Mp = scratch;
-    A* Ap = scratch + E;
-    A* Bp = scratch + 2 * E;
-    A* Cp = scratch + 3 * E;
-    expand_period_ext(M, C, Mp, P, W);
-    expand_period_ext(Av, C, Ap, P, W);
-    expand_period_ext(Bv, C, Bp, P, W);
-    expand_period_ext(Cv, C, Cp, P, W);
+    expand_period_ext(M, C, scratch, P, W);
+    expand_period_ext(Av, C, scratch + E, P, W);
+    expand_period_ext(Bv, C, scratch + 2 * E, P, W);
+    expand_period_ext(Cv, C, scratch + 3 * E, P, W);
+    Mp = scratch;
+    Ap = scratch + E;
+    Bp = scratch + 2 * E;
+    Cp = scratch + 3 * E;
     PeriodCursor at{P, W};
     write_row(
-        dx, n, stream,
-        [&](i64 i) NORMCPP_ALWAYS_INLINE {
-          const i64 o = at(i);
-          return ((Tr::load(x + i) - VT<A>::load(Mp + o)) * VT<A>::load(Bp + o) +
-                  VT<A>::load(Cp + o)) +
-                 Tr::load(dy + i) * VT<A>::load(Ap + o);
-        },
-        [&](i64 i) {
-          const i64 o = i % P;
-          return Tr::from_a(((Tr::to_a(x[i]) - Mp[o]) * Bp[o] + Cp[o]) + Tr::to_a(dy[i]) * Ap[o]);
-        });
+        dx, rows * C, stream, [&](i64 i) NORMCPP_ALWAYS_INLINE { return vec(i, at(i)); },
+        [&](i64 i) { return one(i, i % P); });
     return;
   }
-  // Wide channel counts: row by row (plain stores), vectors then the scalar channel tail.
-  for (i64 i = 0; i < n; i += C) {
-    i64 o = 0;
-    for (; o + W <= C; o += W)
-      Tr::store(dx + i + o, ((Tr::load(x + i + o) - VT<A>::load(M + o)) * VT<A>::load(Bv + o) +
-                             VT<A>::load(Cv + o)) +
-                                Tr::load(dy + i + o) * VT<A>::load(Av + o));
-    for (; o < C; ++o)
-      dx[i + o] = Tr::from_a(((Tr::to_a(x[i + o]) - M[o]) * Bv[o] + Cv[o]) +
-                             Tr::to_a(dy[i + o]) * Av[o]);
-  }
+  for (i64 i0 = 0; i0 < rows * C; i0 += C)  // wide channel counts: row by row
+    write_row(
+        dx + i0, C, stream, [&](i64 c) NORMCPP_ALWAYS_INLINE { return vec(i0 + c, c); },
+        [&](i64 c) { return one(i0 + c, c); });
 }
 
 template <class T>

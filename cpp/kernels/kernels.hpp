@@ -30,7 +30,6 @@ struct TypedKernels {
   void (*cl_moments)(const T* x, std::int64_t rows, std::int64_t C, A* scratch, double* mean,
                      double* m2, double* count);
   // The apply kernels end with activation `act` (normcpp::Activation as int; 0 = none).
-  // apply_cl streams only for periodic channel counts (lcm(C, lanes) <= kMaxPeriod).
   // `stream`: write the output with non-temporal stores where the ISA has them (float32 on
   // x86; the values are bitwise those of plain stores). y[i] = act((x[i] - m) * a + b).
   void (*apply_scalar)(const T* x, T* y, std::int64_t n, A m, A a, A b, int act, bool stream);
@@ -58,7 +57,7 @@ struct TypedKernels {
   void (*bwd_row)(const T* x, const T* dy, T* dx, std::int64_t n, A m, A a, const A* W, A b,
                   A c, bool stream);
   // Channels-last rows x C: dx = Av[c] * dy + Bv[c] * (x - M[c]) + Cv[c]; `stream` as for
-  // apply (periodic channel counts, i.e. lcm(C, lanes) <= kMaxPeriod).
+  // apply.
   void (*bwd_cl)(const T* x, const T* dy, T* dx, std::int64_t rows, std::int64_t C,
                  const A* M, const A* Av, const A* Bv, const A* Cv, A* scratch, bool stream);
 };

@@ -319,16 +319,16 @@ void row_backward_fused(const T* x, const T* dy, T* dx, i64 rows, i64 L,
         std::fill(B, B + L, A(0));
       }
       for (i64 t0 = f0; t0 < f1; t0 += kTileRows) {
-        const i64 nt = std::min(kTileRows, f1 - t0);
+        const i64 nr = std::min(kTileRows, f1 - t0);
         double sums[2 * kTileRows];
         if (cols)
-          k.tile_dot_cols(x + t0 * L, dy + t0 * L, nt, L, L, &Mr[static_cast<std::size_t>(t0)],
+          k.tile_dot_cols(x + t0 * L, dy + t0 * L, nr, L, L, &Mr[static_cast<std::size_t>(t0)],
                           &Ir[static_cast<std::size_t>(t0)], Wp, sums, G, gb ? B : nullptr);
         else
-          for (i64 r = 0; r < nt; ++r)
+          for (i64 r = 0; r < nr; ++r)
             k.run_dot(x + (t0 + r) * L, dy + (t0 + r) * L, L,
                       Mr[static_cast<std::size_t>(t0 + r)], Wp, sums + 2 * r);
-        for (i64 i = 0; i < nt; ++i) {
+        for (i64 i = 0; i < nr; ++i) {
           const i64 r = t0 + i;
           const auto ur = static_cast<std::size_t>(r);
           const double iv = invstd[r], n = static_cast<double>(L);

@@ -5,11 +5,8 @@
 #include <thread>
 
 #if defined(__unix__) || defined(__APPLE__)
-#include <unistd.h>
-#endif
-
-#if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>
+#include <unistd.h>
 #endif
 
 #include "normcpp/normcpp.hpp"
