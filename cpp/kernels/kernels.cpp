@@ -46,6 +46,10 @@
 // GCC otherwise outlines a lambda used at several call sites once it holds an activation, and
 // a call per vector (arguments and result through the stack) costs more than the arithmetic.
 #define NORMCPP_ALWAYS_INLINE __attribute__((always_inline))
+// Keeps each activation's copy of an apply kernel a function of its own: inlined into one
+// dispatcher, the activations' constants and spills gave every call (activation or not) a
+// large stack frame to set up.
+#define NORMCPP_NOINLINE __attribute__((noinline))
 
 namespace normcpp {
 namespace kernels {
@@ -157,11 +161,22 @@ inline V splat(A x) {
   return V{} + x;
 }
 
+// Sum of the lanes: a pairwise tree in the lane type (halves added as vectors: log2(lanes)
+// adds and extracts instead of a conversion and a dependent add per lane; it runs once per
+// statistics block, which for a small slot is a large share of the work).
 template <class V>
-inline double hsum(V v) {
-  double s = 0.0;
-  for (unsigned i = 0; i < sizeof(V) / sizeof(v[0]); ++i) s += static_cast<double>(v[i]);
-  return s;
+NORMCPP_ALWAYS_INLINE inline double hsum(V v) {
+  using E = std::remove_cv_t<std::remove_reference_t<decltype(v[0])>>;
+  constexpr unsigned n = sizeof(V) / sizeof(E);
+  if constexpr (n <= 2) {
+    return static_cast<double>(n == 1 ? v[0] : v[0] + v[n - 1]);
+  } else {
+    typedef E H __attribute__((vector_size(sizeof(V) / 2)));
+    H lo, hi;
+    std::memcpy(&lo, &v, sizeof(H));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(H), sizeof(H));
+    return hsum(lo + hi);
+  }
 }
 
 // ------------------------------------------------------------------- streaming stores
@@ -213,6 +228,7 @@ NORMCPP_ALWAYS_INLINE inline void write_row(T* y, i64 n, bool stream, VecF&& vec
       const V first = vec(0), last = vec(nv - W);
       for (; i < h % W; ++i) y[i] = first[i];
       for (; i < h; i += W) Tr::store(y + i, vec(i));
+#pragma GCC unroll 4
       for (; i < e; i += W) stream_store(y + i, vec(i));
       for (; i + W <= nv; i += W) Tr::store(y + i, vec(i));
       for (; i < nv; ++i) y[i] = last[i - (nv - W)];
@@ -220,6 +236,9 @@ NORMCPP_ALWAYS_INLINE inline void write_row(T* y, i64 n, bool stream, VecF&& vec
       return;
     }
   }
+  // Unrolled: the loop's own increment, compare and branch would otherwise be a third of
+  // the instructions of a plain affine map.
+#pragma GCC unroll 4
   for (; i + W <= nv; i += W) Tr::store(y + i, vec(i));
   for (; i < n; ++i) y[i] = one(i);
 }
@@ -246,22 +265,26 @@ inline Moments block_moments(const T* x, i64 len) {
   for (; i < len; ++i) s += Tr::to_a(x[i]) - k;
   const A mb = k + s / static_cast<A>(len);
   const V mv = splat<V>(mb);
-  V d0{}, d1{}, q0{}, q1{};
+  V d0{}, d1{}, d2{}, d3{}, q0{}, q1{}, q2{}, q3{};
   i = 0;
-  for (; i + 2 * W <= len; i += 2 * W) {
-    const V a = Tr::load(x + i) - mv;
-    const V b = Tr::load(x + i + W) - mv;
+  for (; i + 4 * W <= len; i += 4 * W) {
+    const V a = Tr::load(x + i) - mv, b = Tr::load(x + i + W) - mv;
+    const V c = Tr::load(x + i + 2 * W) - mv, e = Tr::load(x + i + 3 * W) - mv;
     d0 += a;
     q0 += a * a;
     d1 += b;
     q1 += b * b;
+    d2 += c;
+    q2 += c * c;
+    d3 += e;
+    q3 += e * e;
   }
   for (; i + W <= len; i += W) {
     const V a = Tr::load(x + i) - mv;
     d0 += a;
     q0 += a * a;
   }
-  double sd = hsum(d0 + d1), sq = hsum(q0 + q1);
+  double sd = hsum((d0 + d1) + (d2 + d3)), sq = hsum((q0 + q1) + (q2 + q3));
   for (; i < len; ++i) {
     const A d = Tr::to_a(x[i]) - mb;
     sd += static_cast<double>(d);
@@ -589,7 +612,7 @@ inline void with_act(int act, F&& f) {
 }
 
 template <int Act, class T>
-void apply_scalar_impl(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A a,
+NORMCPP_NOINLINE void apply_scalar_impl(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A a,
                        typename VT<T>::A b, bool stream) {
   using Tr = VT<T>;
   using V = typename Tr::V;
@@ -611,7 +634,7 @@ void apply_scalar(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::
 }
 
 template <int Act, class T>
-void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typename VT<T>::A* M,
+NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typename VT<T>::A* M,
                    const typename VT<T>::A* S, const typename VT<T>::A* B,
                    typename VT<T>::A* scratch, bool stream) {
   using Tr = VT<T>;
@@ -659,7 +682,7 @@ void apply_cl(const T* x, T* y, i64 rows, i64 C, const typename VT<T>::A* M,
 }
 
 template <int Act, class T, bool HasW, bool HasB>
-void apply_row_impl(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A s,
+NORMCPP_NOINLINE void apply_row_impl(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A s,
                     const typename VT<T>::A* Wt, const typename VT<T>::A* Bs, bool stream) {
   using Tr = VT<T>;
   using A = typename Tr::A;
