@@ -357,6 +357,13 @@ inline void expand_period(const A* v, i64 C, A* dst, i64 P) {
     std::memcpy(dst + p, v, static_cast<std::size_t>(C) * sizeof(A));
 }
 
+// v[c] += v[c + C] + v[c + 2C] + ... over a pattern of L = k * C positions (k = 1: nothing).
+template <class A>
+inline void fold_period(A* v, i64 C, i64 L) {
+  for (i64 p = C; p < L; p += C)
+    for (i64 c = 0; c < C; ++c) v[c] += v[p + c];
+}
+
 // expand_period, then the first W values again after the period (dst holds P + W): a vector
 // may then start anywhere in the period (write_row's streamed rows start at a cache line).
 template <class A>
@@ -376,6 +383,29 @@ struct PeriodCursor {
     return o;
   }
 };
+
+// y[0..n) of a channels-last stream whose coefficients repeat with period P (a multiple of
+// W): vec(i, o) / one(i, o) give element i with the coefficients at position o of the period.
+// A long period is written one period-row at a time with o = the position in the row (no
+// cursor to carry: fewer instructions per vector); a short one as one flat stream, the
+// position carried by a PeriodCursor. Either way every element gets the same arithmetic.
+constexpr i64 kRowPeriod = 64;
+template <class T, class VecF, class OneF>
+NORMCPP_ALWAYS_INLINE inline void cl_periodic_write(T* y, i64 n, i64 P, bool stream, VecF& vec,
+                                                    OneF& one) {
+  if (P >= kRowPeriod) {
+    for (i64 i0 = 0; i0 < n; i0 += P)
+      write_row(
+          y + i0, imin(P, n - i0), stream,
+          [&](i64 o) NORMCPP_ALWAYS_INLINE { return vec(i0 + o, o); },
+          [&](i64 o) { return one(i0 + o, o); });
+    return;
+  }
+  PeriodCursor at{P, VT<T>::W};
+  write_row(
+      y, n, stream, [&](i64 i) NORMCPP_ALWAYS_INLINE { return vec(i, at(i)); },
+      [&](i64 i) { return one(i, i % P); });
+}
 
 // One statistics pass over a (nrows x wd) matrix with row stride ld, plus a partial last row
 // of `tail` elements: per column j, S[j] += sum(x - K[j]) and, in the second pass (Sq),
@@ -471,36 +501,34 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
     if (P) expand_period(K, C, K, P);
     for (i64 p = 0; p < L; ++p) S[p] = A(0);
     strip_pass<false>(blk, nrows, L, L, tail, K, S, Q);
-    // Block mean per channel into K[0..C), repeated over the period.
+    // Block mean per channel into K[0..C), repeated over the period. (The per-channel loops
+    // here and below are plain so that they vectorize: with a wide C and few rows per block
+    // they cost as much as the passes over the data.)
     const A inv = A(1) / static_cast<A>(nr);
-    for (i64 c = 0; c < C; ++c) {
-      A s = A(0);
-      for (i64 p = c; p < L; p += C) s += S[p];
-      K[c] = K[c] + s * inv;
-    }
+    fold_period(S, C, L);
+    for (i64 c = 0; c < C; ++c) K[c] = K[c] + S[c] * inv;
     if (P) expand_period(K, C, K, P);
     // Pass 2: S = sum(d), Q = sum(d^2), d = x - block mean.
     for (i64 p = 0; p < L; ++p) S[p] = Q[p] = A(0);
     strip_pass<true>(blk, nrows, L, L, tail, K, S, Q);
+    fold_period(S, C, L);
+    fold_period(Q, C, L);
     // Merge this block's per-channel moments into the running (count, mean, m2).
     const double nb = static_cast<double>(nr);
     const double na = *count;
     const double f = nb / (na + nb);
-    for (i64 c = 0; c < C; ++c) {
-      double s = 0.0, q = 0.0;
-      for (i64 p = c; p < L; p += C) {
-        s += static_cast<double>(S[p]);
-        q += static_cast<double>(Q[p]);
+    if (na == 0.0) {
+      for (i64 c = 0; c < C; ++c) {
+        const double sc = static_cast<double>(S[c]), qc = static_cast<double>(Q[c]);
+        mean[c] = static_cast<double>(K[c]) + sc / nb;
+        m2[c] = dclamp0(qc - sc * sc / nb);
       }
-      const double bm = static_cast<double>(K[c]) + s / nb;
-      const double bq = dclamp0(q - s * s / nb);
-      if (na == 0.0) {
-        mean[c] = bm;
-        m2[c] = bq;
-      } else {
-        const double d = bm - mean[c];
+    } else {
+      for (i64 c = 0; c < C; ++c) {
+        const double sc = static_cast<double>(S[c]), qc = static_cast<double>(Q[c]);
+        const double d = (static_cast<double>(K[c]) + sc / nb) - mean[c];
         mean[c] += d * f;
-        m2[c] += bq + d * d * na * f;
+        m2[c] += dclamp0(qc - sc * sc / nb) + d * d * na * f;
       }
     }
     *count = na + nb;
@@ -660,10 +688,7 @@ NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typ
     Mp = scratch;
     Sp = scratch + E;
     Bp = scratch + 2 * E;
-    PeriodCursor at{P, W};
-    write_row(
-        y, rows * C, st, [&](i64 i) NORMCPP_ALWAYS_INLINE { return vec(i, at(i)); },
-        [&](i64 i) { return one(i, i % P); });
+    cl_periodic_write(y, rows * C, P, st, vec, one);
     return;
   }
   for (i64 i0 = 0; i0 < rows * C; i0 += C)  // wide channel counts: row by row
@@ -1007,10 +1032,7 @@ void bwd_cl(const T* x, const T* dy, T* dx, i64 rows, i64 C, const typename VT<T
     Ap = scratch + E;
     Bp = scratch + 2 * E;
     Cp = scratch + 3 * E;
-    PeriodCursor at{P, W};
-    write_row(
-        dx, rows * C, stream, [&](i64 i) NORMCPP_ALWAYS_INLINE { return vec(i, at(i)); },
-        [&](i64 i) { return one(i, i % P); });
+    cl_periodic_write(dx, rows * C, P, stream, vec, one);
     return;
   }
   for (i64 i0 = 0; i0 < rows * C; i0 += C)  // wide channel counts: row by row
