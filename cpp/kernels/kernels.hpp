@@ -60,6 +60,13 @@ struct TypedKernels {
   // apply.
   void (*bwd_cl)(const T* x, const T* dy, T* dx, std::int64_t rows, std::int64_t C,
                  const A* M, const A* Av, const A* Bv, const A* Cv, A* scratch, bool stream);
+
+  // ---- LayerNorm/RMSNorm over short rows (no activation)
+  // rows x L contiguous: y = (x - mean) * invstd * W + B per row (W, B: L values or null;
+  // rms: mean 0), mean[r] and var[r] (biased) written. Returns false, touching nothing, where
+  // this level has no kernel for (T, L) (the caller then runs its scalar loop).
+  bool (*short_rows)(const T* x, T* y, std::int64_t rows, std::int64_t L, const A* W,
+                     const A* B, double eps, bool rms, double* mean, double* var);
 };
 
 struct KernelTable {

@@ -338,6 +338,9 @@ void short_rows_n(const T* x, T* y, i64 rows, i64 Lrt, const typename Kern<T>::A
   const i64 items = (rows + per - 1) / per;
   parallel_for(items, threads_for(rows * L, items), [&](i64 j, int) {
     const i64 r1 = (j + 1) * per < rows ? (j + 1) * per : rows;
+    if (N > 0 && Kern<T>::get().short_rows(x + j * per * L, y + j * per * L, r1 - j * per, L,
+                                           W, B, eps, rms, mean + j * per, var + j * per))
+      return;
     for (i64 r = j * per; r < r1; ++r) {
       const T* xr = x + r * L;
       T* yr = y + r * L;

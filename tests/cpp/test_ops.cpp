@@ -43,6 +43,7 @@ struct RowShape {
 
 const std::vector<RowShape> kRowShapes = {
     {1, 1}, {3, 1}, {5, 3}, {2, 7}, {4, 17}, {3, 33}, {7, 257}, {2, 1000}, {300, 5},
+    {70, 4}, {130, 8}, {65, 16},  // the short-row kernels, over more than one 64-row group
 };
 const std::vector<RowShape> kRowLargeShapes = {{20000, 5}, {3, 120001}, {1, 131077}};
 
