@@ -901,3 +901,32 @@ def test_torch_same_errors_on_degenerate_batches(shape):
         getattr(torch.nn, cls)(3)(torch.from_numpy(x))
     with pytest.raises(ValueError, match="Expected more than 1"):
         getattr(nc, cls)(3)(x)
+
+
+# ---- module(x) runs forward (the call is an alias of the class's forward)
+def test_call_runs_the_subclass_forward_and_keeps_a_custom_call(rng):
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+
+    class Doubled(nc.BatchNorm1d):
+        def forward(self, input, *, out=None):
+            return 2 * super().forward(input, out=out)
+
+    m = Doubled(3).eval()
+    np.testing.assert_array_equal(m(x), 2 * nc.BatchNorm1d(3).eval()(x))
+
+    calls = []
+
+    class Hooked(nc.LayerNorm):
+        def __call__(self, input, *, out=None):
+            calls.append(input.shape)
+            return self.forward(input, out=out)
+
+    class HookedScaled(Hooked):  # overrides forward only: the base's __call__ still runs
+        def forward(self, input, *, out=None):
+            return super().forward(input, out=out) * 3
+
+    h = HookedScaled(5)
+    np.testing.assert_allclose(h(x), 3 * nc.LayerNorm(5)(x), rtol=1e-6)
+    assert calls == [x.shape]
+    y = np.empty_like(x)
+    assert nc.BatchNorm1d(3).eval()(x, out=y) is y

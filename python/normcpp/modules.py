@@ -67,6 +67,9 @@ class _Saved(NamedTuple):
     extra: Any = None  # kind-specific (SyncBatchNorm: communicator and global count)
 
 
+# The forward functions that Module.__init_subclass__ made a class's __call__.
+_FORWARD_ALIASES: set[Any] = set()
+
 # _Saved from a tuple of all its fields, without the generated Python __new__ (every forward
 # saves one: this is on the hot path of a tiny call).
 _new_saved = tuple.__new__
@@ -278,6 +281,21 @@ class Module:
 
     _parameter_names: tuple[str, ...] = ()
     _buffer_names: tuple[str, ...] = ()
+    # Absent unless a subclass sets them (read by every forward's save: a plain attribute
+    # read instead of getattr with a default).
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # ``module(x)`` runs ``forward`` directly (one Python frame less on every call: a
+        # tiny call costs about as much as its Python frames). A ``__call__`` that a class or
+        # its bases define themselves (hooks, say) is kept.
+        inherited = cls.__call__
+        if ("forward" in cls.__dict__ and "__call__" not in cls.__dict__
+                and (inherited is Module.__call__ or inherited in _FORWARD_ALIASES)):
+            cls.__call__ = cls.forward  # type: ignore[method-assign]
+            _FORWARD_ALIASES.add(cls.forward)
 
     def __init__(self, *, dtype: DTypeLike = np.float32) -> None:
         self._dtype: np.dtype = _check_dtype(dtype)
@@ -410,8 +428,8 @@ class Module:
             input,
             mean,
             invstd,
-            getattr(self, "weight", None),
-            getattr(self, "bias", None) is not None,
+            self.weight,
+            self.bias is not None,
             caller.shape,
             caller.dtype,
             out is not None and _overlaps(out, caller),
@@ -923,7 +941,13 @@ class _BatchNorm(_NormBase):
         if self._recorder is not None:
             return self._forward_with_moments(input, out, _local_moments(input), update=False)
         if self._uses_running_stats():
-            return self._forward_running(input, out)
+            # Eval or frozen: the per-channel affine map of the running statistics, the hot
+            # path of inference (straight to the core, positional arguments). Its backward
+            # reads the statistics from the module, sparing this forward two allocations.
+            result = _core.batch_norm(input, self.running_mean, self.running_var, self.weight,
+                                      self.bias, False, 0.0, self.eps, out, "raise", None)
+            self._save("affine", input, None, None, out)
+            return result
         update = self._updates_running_stats()
         if input.shape[0] * math.prod(input.shape[2:]) == 1:
             raise ValueError(
@@ -944,15 +968,6 @@ class _BatchNorm(_NormBase):
         if update:
             self._count_batch()
         self._save("batch", input, mean, invstd, out)
-        return result
-
-    def _forward_running(self, input: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        """Eval or frozen: the per-channel affine map of the running statistics. (Its backward
-        reads the statistics from the module then, sparing the forward two allocations.)
-        The hot path of inference: straight to the core, positional arguments."""
-        result = _core.batch_norm(input, self.running_mean, self.running_var, self.weight,
-                                  self.bias, False, 0.0, self.eps, out, "raise", None)
-        self._save("affine", input, None, None, out)
         return result
 
     def _forward_with_moments(
