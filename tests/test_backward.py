@@ -549,8 +549,8 @@ def test_backward_saves_references_not_copies(rng):
     m = nc.GroupNorm(2, 4, dtype=np.float64)
     x = rng.standard_normal((2, 4, 3))
     m(x)
-    assert m._saved.input is x
-    assert m._saved.weight is m.weight
+    assert m._saved_state().input is x
+    assert m._saved_state().weight is m.weight
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,18 +61,21 @@ class _Saved(NamedTuple):
     invstd: np.ndarray  # float64 per slot
     weight: np.ndarray | None
     has_bias: bool
-    shape: tuple[int, ...]  # the caller's input shape, which grad_output must have
-    dtype: np.dtype  # the caller's input dtype, which grad_output must have
+    caller: np.ndarray  # the caller's input, whose shape and dtype grad_output must have
     overwritten: bool  # forward wrote its output over (part of) its input
     extra: Any = None  # kind-specific (SyncBatchNorm: communicator and global count)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.caller.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.caller.dtype
 
 
 # The forward functions that Module.__init_subclass__ made a class's __call__.
 _FORWARD_ALIASES: set[Any] = set()
-
-# _Saved from a tuple of all its fields, without the generated Python __new__ (every forward
-# saves one: this is on the hot path of a tiny call).
-_new_saved = tuple.__new__
 
 
 class _IncompatibleKeys(NamedTuple):
@@ -304,7 +307,9 @@ class Module:
         self.grad_weight: np.ndarray | None = None
         #: Gradient of the loss with respect to ``bias``, set by :meth:`backward`.
         self.grad_bias: np.ndarray | None = None
-        self._saved: _Saved | None = None
+        # The last forward's _Saved fields as a plain tuple (built on every forward, so kept
+        # cheap: a tiny call costs about as much as its Python work); see _saved_state.
+        self._saved: tuple[Any, ...] | None = None
 
     @property
     def dtype(self) -> np.dtype:
@@ -373,9 +378,14 @@ class Module:
         self.grad_weight, self.grad_bias = dw, db
         return dx
 
+    def _saved_state(self) -> _Saved | None:
+        """What the last successful forward saved, or None."""
+        saved = self._saved
+        return None if saved is None else _Saved._make(saved)
+
     def _saved_for_backward(self, grad_output: Any) -> _Saved:
         """The saved forward state, after checking that ``grad_output`` fits it."""
-        saved = self._saved
+        saved = self._saved_state()
         name = type(self).__name__
         if saved is None:
             raise RuntimeError(
@@ -423,18 +433,17 @@ class Module:
         """Remember a successful forward for :meth:`backward` (references only; positional:
         this runs on every forward)."""
         caller = input if caller_input is None else caller_input
-        self._saved = _new_saved(_Saved, (
+        self._saved = (
             kind,
             input,
             mean,
             invstd,
             self.weight,
             self.bias is not None,
-            caller.shape,
-            caller.dtype,
+            caller,
             out is not None and _overlaps(out, caller),
             extra,
-        ))
+        )
 
     def train(self, mode: bool = True) -> Self:
         """Set training mode (``True``) or evaluation mode (``False``); returns ``self``.

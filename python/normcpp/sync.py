@@ -267,7 +267,7 @@ class SyncBatchNorm(_BatchNorm):
         its ``grad_output``. ``grad_weight``/``grad_bias`` are this rank's local sums (sum or
         average them over the ranks, as PyTorch's DistributedDataParallel does).
         """
-        saved = self._saved
+        saved = self._saved_state()
         if saved is None or saved.kind != "sync":
             return super().backward(grad_output)
         comm, count = saved.extra
