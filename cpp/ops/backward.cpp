@@ -45,7 +45,7 @@ void channel_grad_pass(const NCSGradRef& t, const typename Kern<T>::A* mu, Finis
   const T* dy = static_cast<const T*>(t.dy);
   T* dx = static_cast<T*>(t.dx);
   const i64 C = t.C;
-  const bool st = stream_output<T>(t.N * C * t.S);
+  const bool st = stream_output<T>(t.N * C * t.S, dx, x, dy);
   if (t.layout == Layout::contiguous) {
     const RunGeom g{C, t.N, t.S, C * t.S, t.S};
     run_driver<Stats, SumMerge>(
@@ -171,7 +171,7 @@ void group_backward_t(const NCSGradRef& t, i64 G, ParamRef weight, const double*
   const T* x = static_cast<const T*>(t.x);
   const T* dy = static_cast<const T*>(t.dy);
   T* dx = static_cast<T*>(t.dx);
-  const bool st = stream_output<T>(N * C * S);
+  const bool st = stream_output<T>(N * C * S, dx, x, dy);
   if (t.layout == Layout::contiguous) {
     // Slots of the drivers are (n, c) planes; Cg == 1 (instance norm) fuses the two passes.
     const RunGeom g{N * C, 1, S, 0, S};
@@ -298,7 +298,7 @@ void row_backward_fused(const T* x, const T* dy, T* dx, i64 rows, i64 L,
   if (P > kMaxRowChunks) P = kMaxRowChunks;
   if (P < 1) P = 1;
   const bool cols = gw || gb;
-  const bool st = stream_output<T>(rows * L);
+  const bool st = stream_output<T>(rows * L, dx, x, dy);
   const int nt = threads_for(rows * L, P);
   const auto uL = static_cast<std::size_t>(L), uP = static_cast<std::size_t>(P);
   // Float accumulators G, B per thread, double partials GD, BD per chunk (allocated up front:
@@ -379,7 +379,7 @@ void row_backward_t(const void* xv, const void* dyv, void* dxv, i64 rows, i64 L,
   // Parameter gradients first: dx may overwrite dy (in-place backward).
   if (gw || gb) row_param_grads<T>(x, dy, rows, L, Mr, Ir, gw, gb);
   std::vector<A> Bv(static_cast<std::size_t>(rows)), Cv(Bv);
-  const bool st = stream_output<T>(rows * L);
+  const bool st = stream_output<T>(rows * L, dx, x, dy);
   const RunGeom g{rows, 1, L, 0, L};
   run_driver<true, SumMerge>(
       g,

@@ -38,7 +38,7 @@ void channel_pass(const NCSRef& t, Finish finish, const typename Kern<T>::A* M,
   const T* x = static_cast<const T*>(t.x);
   T* y = static_cast<T*>(t.y);
   const i64 C = t.C;
-  const bool st = stream_output<T>(t.N * C * t.S);
+  const bool st = stream_output<T>(t.N * C * t.S, t.y, t.x);
   if (t.layout == Layout::contiguous) {
     const RunGeom g{C, t.N, t.S, C * t.S, t.S};
     run_driver<Stats>(
@@ -188,7 +188,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
   const T* x = static_cast<const T*>(t.x);
   T* y = static_cast<T*>(t.y);
   // pass(stats, apply): one visit per slot doing either or both.
-  const bool st = stream_output<T>(slots * S);
+  const bool st = stream_output<T>(slots * S, y, x);
   auto pass = [&](auto stats, auto apply) {
     constexpr bool St = decltype(stats)::value, Ap = decltype(apply)::value;
     if (t.layout == Layout::contiguous) {
@@ -265,7 +265,7 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
   };
   const T* x = static_cast<const T*>(t.x);
   T* y = static_cast<T*>(t.y);
-  const bool st = stream_output<T>(slots * Cg * S);
+  const bool st = stream_output<T>(slots * Cg * S, y, x);
   if (t.layout == Layout::contiguous) {
     const RunGeom g{slots, 1, Cg * S, 0, Cg * S};
     run_driver<true>(
@@ -410,7 +410,7 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
     Mr[i] = static_cast<A>(mean[i]);
     Ir[i] = static_cast<A>(inv_std(var[i], eps));
   };
-  const bool st = stream_output<T>(rows * L);
+  const bool st = stream_output<T>(rows * L, y, x);
   auto apply = [&](i64 r, i64 e0, i64 e1) {
     const auto i = static_cast<std::size_t>(r);
     const i64 off = r * L + e0;

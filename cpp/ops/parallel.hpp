@@ -20,10 +20,15 @@ constexpr std::int64_t kMinWorkPerThread = 32768;
 int configured_threads();
 // Output bytes from which the apply kernels stream their stores (set_stream_threshold).
 std::int64_t stream_threshold();
-// Whether an output of `elems` elements of T is written with streaming stores.
+// Whether an output of `elems` elements of T is written with streaming stores. Never over an
+// input (in place, out == x or dx == dy): its lines were just read into the cache, and a
+// streaming store to a cached line evicts it -- measured 1.2-4x slower than plain stores
+// (BatchNorm eval in place on (8,256,28,28): 210 us plain, 930 us streamed).
 template <class T>
-inline bool stream_output(std::int64_t elems) {
-  return elems * static_cast<std::int64_t>(sizeof(T)) >= stream_threshold();
+inline bool stream_output(std::int64_t elems, const void* out, const void* in1,
+                          const void* in2 = nullptr) {
+  return out != in1 && out != in2 &&
+         elems * static_cast<std::int64_t>(sizeof(T)) >= stream_threshold();
 }
 
 // Threads to use for `work` elements spread over `items` independent items.
