@@ -418,6 +418,55 @@ NORMCPP_ALWAYS_INLINE inline void cl_periodic_write(T* y, i64 n, i64 P, bool str
       [&](i64 i) { return one(i, i % P); });
 }
 
+// The same pass for wide rows (wd >= kRowPeriod): rows four at a time, each column vector of
+// the four rows added into S (and Q) in memory. The column strips of strip_pass walk the
+// block down a column at a stride of a whole row -- with rows of 1-4 KB every line of a strip
+// falls into the same few L1 sets and is evicted before the next strip or pass needs it
+// (BN statistics of (256, 1024): 160 us for 1 MB); here each row is read front to back.
+template <bool Sq, class T>
+void row_block_pass(const T* x, i64 nrows, i64 ld, i64 wd, i64 tail, const typename VT<T>::A* K,
+                    typename VT<T>::A* S, typename VT<T>::A* Q) {
+  using Tr = VT<T>;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr i64 W = Tr::W;
+  i64 r = 0;
+  for (; r + 4 <= nrows; r += 4) {
+    const T *p0 = x + r * ld, *p1 = p0 + ld, *p2 = p1 + ld, *p3 = p2 + ld;
+    i64 j = 0;
+    for (; j + W <= wd; j += W) {
+      const V k = VT<A>::load(K + j);
+      const V d0 = Tr::load(p0 + j) - k, d1 = Tr::load(p1 + j) - k;
+      const V d2 = Tr::load(p2 + j) - k, d3 = Tr::load(p3 + j) - k;
+      VT<A>::store(S + j, VT<A>::load(S + j) + ((d0 + d1) + (d2 + d3)));
+      if constexpr (Sq)
+        VT<A>::store(Q + j, VT<A>::load(Q + j) + ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)));
+    }
+    for (; j < wd; ++j) {
+      const A d0 = Tr::to_a(p0[j]) - K[j], d1 = Tr::to_a(p1[j]) - K[j];
+      const A d2 = Tr::to_a(p2[j]) - K[j], d3 = Tr::to_a(p3[j]) - K[j];
+      S[j] += (d0 + d1) + (d2 + d3);
+      if constexpr (Sq) Q[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+    }
+  }
+  // The last rows (fewer than four) and the partial row: one at a time.
+  for (; r <= nrows; ++r) {
+    const T* p = x + r * ld;
+    const i64 n = r < nrows ? wd : tail;
+    i64 j = 0;
+    for (; j + W <= n; j += W) {
+      const V d = Tr::load(p + j) - VT<A>::load(K + j);
+      VT<A>::store(S + j, VT<A>::load(S + j) + d);
+      if constexpr (Sq) VT<A>::store(Q + j, VT<A>::load(Q + j) + d * d);
+    }
+    for (; j < n; ++j) {
+      const A d = Tr::to_a(p[j]) - K[j];
+      S[j] += d;
+      if constexpr (Sq) Q[j] += d * d;
+    }
+  }
+}
+
 // One statistics pass over a (nrows x wd) matrix with row stride ld, plus a partial last row
 // of `tail` elements: per column j, S[j] += sum(x - K[j]) and, in the second pass (Sq),
 // Q[j] += sum((x - K[j])^2). Columns go in register strips of 2 vectors, rows stream by.
@@ -511,7 +560,10 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
     for (i64 c = 0; c < C; ++c) K[c] = Tr::to_a(blk[c]);
     if (P) expand_period(K, C, K, P);
     for (i64 p = 0; p < L; ++p) S[p] = A(0);
-    strip_pass<false>(blk, nrows, L, L, tail, K, S, Q);
+    if (L >= kRowPeriod)
+      row_block_pass<false>(blk, nrows, L, L, tail, K, S, Q);
+    else
+      strip_pass<false>(blk, nrows, L, L, tail, K, S, Q);
     // Block mean per channel into K[0..C), repeated over the period. (The per-channel loops
     // here and below are plain so that they vectorize: with a wide C and few rows per block
     // they cost as much as the passes over the data.)
@@ -521,7 +573,10 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
     if (P) expand_period(K, C, K, P);
     // Pass 2: S = sum(d), Q = sum(d^2), d = x - block mean.
     for (i64 p = 0; p < L; ++p) S[p] = Q[p] = A(0);
-    strip_pass<true>(blk, nrows, L, L, tail, K, S, Q);
+    if (L >= kRowPeriod)
+      row_block_pass<true>(blk, nrows, L, L, tail, K, S, Q);
+    else
+      strip_pass<true>(blk, nrows, L, L, tail, K, S, Q);
     fold_period(S, C, L);
     fold_period(Q, C, L);
     // Merge this block's per-channel moments into the running (count, mean, m2).
