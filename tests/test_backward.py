@@ -88,10 +88,12 @@ class Op:
 
 
 OPS = [
-    Op("batch_train", "batch_train", [(4, 3), (3, 3, 5), (2, 3, 2, 3), (2, 2, 2, 2, 3)], True),
+    # (3, 96, 3, 3): channels-last rows of >= 64 elements take the row-block reductions
+    Op("batch_train", "batch_train",
+       [(4, 3), (3, 3, 5), (2, 3, 2, 3), (2, 2, 2, 2, 3), (3, 96, 3, 3)], True),
     Op("batch_eval", "batch_eval", [(4, 3), (3, 5, 4), (2, 3, 2, 3)], True),
-    Op("instance", "instance", [(2, 3, 5), (2, 3, 2, 3)], True),
-    Op("group", "group", [(2, 6, 4), (3, 3, 2, 2)], True),
+    Op("instance", "instance", [(2, 3, 5), (2, 3, 2, 3), (2, 96, 3, 3)], True),
+    Op("group", "group", [(2, 6, 4), (3, 3, 2, 2), (2, 96, 3, 3)], True),
     Op("layer", "layer", [(3, 7), (2, 3, 4, 5)], False, k=1),
     Op("layer2d", "layer", [(3, 4, 5)], False, k=2),
     Op("rms", "rms", [(3, 7), (2, 3, 6)], False, has_bias=False, k=1),

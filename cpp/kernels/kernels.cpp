@@ -979,6 +979,51 @@ void strip_dot(const T* x, const T* dy, i64 nrows, i64 ld, i64 wd, i64 tail,
   }
 }
 
+// strip_dot for wide rows (wd >= kRowPeriod), four rows at a time (see row_block_pass).
+template <class T>
+void row_block_dot(const T* x, const T* dy, i64 nrows, i64 ld, i64 wd, i64 tail,
+                   const typename VT<T>::A* K, typename VT<T>::A* S, typename VT<T>::A* D) {
+  using Tr = VT<T>;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr i64 W = Tr::W;
+  i64 r = 0;
+  for (; r + 4 <= nrows; r += 4) {
+    const i64 o0 = r * ld, o1 = o0 + ld, o2 = o1 + ld, o3 = o2 + ld;
+    i64 j = 0;
+    for (; j + W <= wd; j += W) {
+      const V k = VT<A>::load(K + j);
+      const V g0 = Tr::load(dy + o0 + j), g1 = Tr::load(dy + o1 + j);
+      const V g2 = Tr::load(dy + o2 + j), g3 = Tr::load(dy + o3 + j);
+      VT<A>::store(S + j, VT<A>::load(S + j) + ((g0 + g1) + (g2 + g3)));
+      VT<A>::store(D + j, VT<A>::load(D + j) + ((g0 * (Tr::load(x + o0 + j) - k) +
+                                                  g1 * (Tr::load(x + o1 + j) - k)) +
+                                                 (g2 * (Tr::load(x + o2 + j) - k) +
+                                                  g3 * (Tr::load(x + o3 + j) - k))));
+    }
+    for (; j < wd; ++j)
+      for (const i64 o : {o0, o1, o2, o3}) {
+        const A g = Tr::to_a(dy[o + j]);
+        S[j] += g;
+        D[j] += g * (Tr::to_a(x[o + j]) - K[j]);
+      }
+  }
+  for (; r <= nrows; ++r) {  // the last rows (fewer than four) and the partial row
+    const i64 o = r * ld, n = r < nrows ? wd : tail;
+    i64 j = 0;
+    for (; j + W <= n; j += W) {
+      const V g = Tr::load(dy + o + j);
+      VT<A>::store(S + j, VT<A>::load(S + j) + g);
+      VT<A>::store(D + j, VT<A>::load(D + j) + g * (Tr::load(x + o + j) - VT<A>::load(K + j)));
+    }
+    for (; j < n; ++j) {
+      const A g = Tr::to_a(dy[o + j]);
+      S[j] += g;
+      D[j] += g * (Tr::to_a(x[o + j]) - K[j]);
+    }
+  }
+}
+
 template <class T>
 void cl_dot(const T* x, const T* dy, i64 rows, i64 C, const typename VT<T>::A* M,
             typename VT<T>::A* scratch, double* sdy, double* sdx) {
@@ -996,7 +1041,10 @@ void cl_dot(const T* x, const T* dy, i64 rows, i64 C, const typename VT<T>::A* M
     const i64 n = nr * C;
     const i64 nrows = P ? n / P : nr, tail = P ? n - (n / P) * P : 0;
     for (i64 p = 0; p < L; ++p) S[p] = D[p] = A(0);
-    strip_dot(x + r0 * C, dy + r0 * C, nrows, L, L, tail, K, S, D);
+    if (L >= kRowPeriod)
+      row_block_dot(x + r0 * C, dy + r0 * C, nrows, L, L, tail, K, S, D);
+    else
+      strip_dot(x + r0 * C, dy + r0 * C, nrows, L, L, tail, K, S, D);
     for (i64 c = 0; c < C; ++c) {
       double s = 0.0, d = 0.0;
       for (i64 p = c; p < L; p += C) {
