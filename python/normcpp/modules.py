@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Union
 
@@ -74,8 +75,9 @@ class _Saved(NamedTuple):
         return self.caller.dtype
 
 
-# The forward functions that Module.__init_subclass__ made a class's __call__.
-_FORWARD_ALIASES: set[Any] = set()
+# The forward functions that Module.__init_subclass__ made a class's __call__ (weakly held:
+# classes made and dropped at run time take theirs with them).
+_FORWARD_ALIASES: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class _IncompatibleKeys(NamedTuple):
