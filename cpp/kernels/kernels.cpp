@@ -533,6 +533,17 @@ void strip_pass(const T* x, i64 nrows, i64 ld, i64 wd, i64 tail, const typename 
   }
 }
 
+// One statistics pass over a block of nrows pattern rows of L elements (plus `tail`): wide
+// rows front to back, narrow ones in column strips.
+template <bool Sq, class T>
+inline void stats_pass(const T* x, i64 nrows, i64 L, i64 tail, const typename VT<T>::A* K,
+                       typename VT<T>::A* S, typename VT<T>::A* Q) {
+  if (L >= kRowPeriod)
+    row_block_pass<Sq>(x, nrows, L, L, tail, K, S, Q);
+  else
+    strip_pass<Sq>(x, nrows, L, L, tail, K, S, Q);
+}
+
 // Per-channel moments of a channels-last block of rows. With a period P = lcm(C, lanes) the
 // block is seen as whole periods (rows of P elements) plus a partial one, and position p
 // belongs to channel p mod C; otherwise as rows of C with scalar channel tails. Blocks of
@@ -560,10 +571,7 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
     for (i64 c = 0; c < C; ++c) K[c] = Tr::to_a(blk[c]);
     if (P) expand_period(K, C, K, P);
     for (i64 p = 0; p < L; ++p) S[p] = A(0);
-    if (L >= kRowPeriod)
-      row_block_pass<false>(blk, nrows, L, L, tail, K, S, Q);
-    else
-      strip_pass<false>(blk, nrows, L, L, tail, K, S, Q);
+    stats_pass<false>(blk, nrows, L, tail, K, S, Q);
     // Block mean per channel into K[0..C), repeated over the period. (The per-channel loops
     // here and below are plain so that they vectorize: with a wide C and few rows per block
     // they cost as much as the passes over the data.)
@@ -573,10 +581,7 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
     if (P) expand_period(K, C, K, P);
     // Pass 2: S = sum(d), Q = sum(d^2), d = x - block mean.
     for (i64 p = 0; p < L; ++p) S[p] = Q[p] = A(0);
-    if (L >= kRowPeriod)
-      row_block_pass<true>(blk, nrows, L, L, tail, K, S, Q);
-    else
-      strip_pass<true>(blk, nrows, L, L, tail, K, S, Q);
+    stats_pass<true>(blk, nrows, L, tail, K, S, Q);
     fold_period(S, C, L);
     fold_period(Q, C, L);
     // Merge this block's per-channel moments into the running (count, mean, m2).

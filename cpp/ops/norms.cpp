@@ -308,10 +308,11 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
   write_saved(saved, mean.data(), var.data(), static_cast<i64>(mean.size()), eps);
 }
 
-// Rows this short (without a fused activation) are normalized by one plain loop per row:
-// the generic path's per-row kernel calls (statistics, coefficients, apply) cost ~450
-// instructions, far more than a LayerNorm(8) row's work. Statistics in double, exact
-// two-pass; results depend only on the row, never on threads.
+// Rows this short (without a fused activation) skip the generic path's per-row kernel calls
+// (statistics, coefficients, apply: ~450 instructions, far more than a LayerNorm(8) row's
+// work): float32 rows of 4, 8 or 16 go to the kernel table's short_rows (one vector per row),
+// the rest through one plain loop per row (statistics in double, exact two-pass). Results
+// depend only on the row, never on threads.
 constexpr i64 kShortRow = 16;
 
 // Storage value in the kernels' arithmetic type (float for float16/float32, double for float64).
