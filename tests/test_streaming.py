@@ -101,6 +101,10 @@ CHANNELS_LAST = [
     ("group_norm C=64 gelu", (1, 3, 3, 64), lambda x, out: nc.group_norm(
         x, 8, _p(64, 0.5, 1.5), _p(64, -1, 1), out=out, activation="gelu")),
     ("group_norm C=6", (2, 7, 9, 6), lambda x, out: nc.group_norm(x, 3, out=out)),
+    # periods of >= 64 elements (written as period-rows when not streamed)
+    ("instance_norm C=64", (2, 5, 3, 64), lambda x, out: nc.instance_norm(x, out=out)),
+    ("batch_norm train C=100", (3, 5, 1, 100), lambda x, out: nc.batch_norm(
+        x, training=True, out=out)),
     # lcm(C, lanes) > 1024: the row-by-row channels-last path
     ("batch_norm eval C=1030", (2, 3, 1, 1030), lambda x, out: nc.batch_norm(
         x, _p(1030, -1, 1), _p(1030, 0.5, 2), out=out, activation="relu")),
@@ -146,6 +150,7 @@ BACKWARD_CL = [
     ("group_norm channels-last C=6", (2, 7, 9, 6), lambda x, dy: nc.group_norm_backward(
         dy, x, 3, np.linspace(0.5, 1.5, 6), *nc.group_norm_forward(x, 3)[1:])),
     ("batch_norm channels-last C=1030", (2, 3, 1, 1030), BACKWARD[0][2]),
+    ("batch_norm channels-last C=96", (2, 3, 5, 96), BACKWARD[0][2]),
 ]
 
 
