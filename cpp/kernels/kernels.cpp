@@ -72,7 +72,7 @@ typedef float vfloat_u __attribute__((vector_size(NORMCPP_VBYTES), aligned(1), m
 typedef double vdouble_u __attribute__((vector_size(NORMCPP_VBYTES), aligned(1), may_alias));
 
 inline i64 imin(i64 a, i64 b) { return a < b ? a : b; }
-inline i64 imax(i64 a, i64 b) { return a > b ? a : b; }
+constexpr i64 imax(i64 a, i64 b) { return a > b ? a : b; }
 inline double dclamp0(double v) { return v < 0.0 ? 0.0 : v; }
 inline i64 gcd64(i64 a, i64 b) {
   while (b != 0) {
@@ -355,10 +355,15 @@ inline i64 cl_period(i64 C) {
   return p <= kMaxPeriod ? p : 0;
 }
 
+// Coefficient patterns over one period are extended by this many elements (a vector may start
+// anywhere in the period, and a cache line of output anywhere in it: see cl_stream_lines).
+template <class T>
+constexpr i64 kPeriodExt = imax(VT<T>::W, 64 / static_cast<i64>(sizeof(T)));
+
 template <class T>
 i64 cl_scratch_elems(i64 C) {
   const i64 p = cl_period<T>(C);
-  return 4 * imax(p, C) + 4 * VT<T>::W;
+  return 4 * imax(p, C) + 4 * kPeriodExt<T>;
 }
 
 // Repeat v[0..C) over dst[0..P) (dst may be v itself).
@@ -375,12 +380,13 @@ inline void fold_period(A* v, i64 C, i64 L) {
     for (i64 c = 0; c < C; ++c) v[c] += v[p + c];
 }
 
-// expand_period, then the first W values again after the period (dst holds P + W): a vector
-// may then start anywhere in the period (write_row's streamed rows start at a cache line).
+// expand_period, then the first X values again after the period (dst holds P + X, X <= P):
+// a vector may then start anywhere in the period.
 template <class A>
-inline void expand_period_ext(const A* v, i64 C, A* dst, i64 P, i64 W) {
+inline void expand_period_ext(const A* v, i64 C, A* dst, i64 P, i64 X) {
   expand_period(v, C, dst, P);
-  std::memcpy(dst + P, dst, static_cast<std::size_t>(W) * sizeof(A));
+  for (i64 i = 0; i < X; i += P)
+    std::memcpy(dst + P + i, dst, static_cast<std::size_t>(imin(P, X - i)) * sizeof(A));
 }
 
 // Position in a period P of flat element i, for a sequence of calls that mostly steps by W:
@@ -405,9 +411,49 @@ struct PeriodCursor {
 // (32,64,56,56) 30.3M -> 20.6M instructions, ~8.0 -> ~7.2 ms at 1 thread.) Either way every
 // element gets the same arithmetic.
 constexpr i64 kRowPeriod = 64;
+
+// Streamed y[0..n) of a period P that fills whole cache lines, n a multiple of P, y + h the
+// first line boundary, n >= h + P, coefficients extended by kPeriodExt (vec(i, o) as in
+// cl_periodic_write; never in place: streamed outputs are not inputs). The stream is cut into
+// rows of P starting at h: each such row is whole lines, streamed with the coefficients at
+// h + j -- no per-vector period position to carry. The h elements before and the P - h after
+// are stored plainly, every element from a lane of some vector (as in the plain path).
+template <class T, class VecF>
+NORMCPP_ALWAYS_INLINE inline void cl_stream_lines(T* y, i64 n, i64 P, i64 h, VecF& vec) {
+  using V = typename VT<T>::V;
+  constexpr i64 W = VT<T>::W;
+  for (i64 i = 0; i < h; i += W) {
+    const V v = vec(i, i);
+    for (i64 k = 0; k < W && i + k < h; ++k) y[i + k] = v[k];
+  }
+  i64 i0 = h;
+  for (; i0 + P <= n; i0 += P) {
+#pragma GCC unroll 4
+    for (i64 j = 0; j < P; j += W) stream_store(y + i0 + j, vec(i0 + j, h + j));
+  }
+  // The last P - h elements [i0, n): period positions h .. P - 1.
+  i64 i = i0;
+  for (; i + W <= n; i += W) VT<T>::store(y + i, vec(i, h + (i - i0)));
+  if (i < n) {
+    const V v = vec(n - W, P - W);  // the stream's last vector
+    for (; i < n; ++i) y[i] = v[i - (n - W)];
+  }
+}
+
 template <class T, class VecF, class OneF>
 NORMCPP_ALWAYS_INLINE inline void cl_periodic_write(T* y, i64 n, i64 P, bool stream, VecF& vec,
                                                     OneF& one) {
+  if constexpr (kCanStream<T>) {
+    constexpr i64 kLine = 64 / static_cast<i64>(sizeof(T));
+    const auto addr = reinterpret_cast<std::uintptr_t>(y);
+    if (stream && P % kLine == 0 && n % P == 0 && addr % sizeof(T) == 0) {
+      const i64 h = static_cast<i64>((64 - addr % 64) % 64 / sizeof(T));
+      if (n >= h + P) {
+        cl_stream_lines(y, n, P, h, vec);
+        return;
+      }
+    }
+  }
   if (P >= kRowPeriod && !stream) {
     for (i64 i0 = 0; i0 < n; i0 += P)
       write_row(
@@ -830,7 +876,6 @@ NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typ
                    typename VT<T>::A* scratch, bool stream) {
   using Tr = VT<T>;
   using A = typename Tr::A;
-  constexpr i64 W = Tr::W;
   const i64 P = cl_period<T>(C);
   const bool st = stream && kStreamable<Act>;
   // Element i with the coefficients at channel position o of Mp, Sp, Bp.
@@ -844,10 +889,11 @@ NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typ
   };
   if (P) {
     // One flat stream; the channel pattern over one period P (a multiple of W), extended by W.
-    const i64 E = P + W;
-    expand_period_ext(M, C, scratch, P, W);
-    expand_period_ext(S, C, scratch + E, P, W);
-    expand_period_ext(B, C, scratch + 2 * E, P, W);
+    constexpr i64 X = kPeriodExt<T>;
+    const i64 E = P + X;
+    expand_period_ext(M, C, scratch, P, X);
+    expand_period_ext(S, C, scratch + E, P, X);
+    expand_period_ext(B, C, scratch + 2 * E, P, X);
     Mp = scratch;
     Sp = scratch + E;
     Bp = scratch + 2 * E;
@@ -1219,7 +1265,6 @@ void bwd_cl(const T* x, const T* dy, T* dx, i64 rows, i64 C, const typename VT<T
             const typename VT<T>::A* Cv, typename VT<T>::A* scratch, bool stream) {
   using Tr = VT<T>;
   using A = typename Tr::A;
-  constexpr i64 W = Tr::W;
   const i64 P = cl_period<T>(C);
   // Element i with the coefficients at channel position o. dx = (x - M) * B + C + dy * A: each
   // product feeds its own sum (one FMA contraction for every copy of the expression, so
@@ -1234,11 +1279,12 @@ void bwd_cl(const T* x, const T* dy, T* dx, i64 rows, i64 C, const typename VT<T
     return Tr::from_a(((Tr::to_a(x[i]) - Mp[o]) * Bp[o] + Cp[o]) + Tr::to_a(dy[i]) * Ap[o]);
   };
   if (P) {
-    const i64 E = P + W;  // patterns over one period, extended by W (see expand_period_ext)
-    expand_period_ext(M, C, scratch, P, W);
-    expand_period_ext(Av, C, scratch + E, P, W);
-    expand_period_ext(Bv, C, scratch + 2 * E, P, W);
-    expand_period_ext(Cv, C, scratch + 3 * E, P, W);
+    constexpr i64 X = kPeriodExt<T>;  // patterns over one period, extended (expand_period_ext)
+    const i64 E = P + X;
+    expand_period_ext(M, C, scratch, P, X);
+    expand_period_ext(Av, C, scratch + E, P, X);
+    expand_period_ext(Bv, C, scratch + 2 * E, P, X);
+    expand_period_ext(Cv, C, scratch + 3 * E, P, X);
     Mp = scratch;
     Ap = scratch + E;
     Bp = scratch + 2 * E;
