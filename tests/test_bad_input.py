@@ -463,3 +463,54 @@ def test_nan_batch_statistics_raise_by_default(op, layout):
     x_inf[0, 1, 2] = np.inf
     with pytest.raises(ValueError, match="channel 1"):
         fn(x_inf, np.zeros(3), np.ones(3), None, None, True)
+
+
+# The compiled entry points (normcpp._core) parse their arguments themselves: every argument
+# is required, by position or by name, and a bad call is a TypeError naming the problem.
+CORE_ARGS = {
+    "batch_norm": ["input", "running_mean", "running_var", "weight", "bias", "training",
+                   "momentum", "eps", "out", "nonfinite", "activation"],
+    "instance_norm": ["input", "running_mean", "running_var", "weight", "bias",
+                      "use_input_stats", "momentum", "eps", "out", "nonfinite"],
+    "group_norm": ["input", "num_groups", "weight", "bias", "eps", "out", "activation"],
+    "layer_norm": ["input", "normalized_shape", "weight", "bias", "eps", "out", "activation"],
+    "rms_norm": ["input", "normalized_shape", "weight", "eps", "out"],
+}
+
+
+def core_values(op):
+    a = base_args(op)
+    defaults = {"out": None, "nonfinite": "raise", "activation": None, "bias": None,
+                "training": True, "use_input_stats": True}
+    return [a.get(name, defaults.get(name)) for name in CORE_ARGS[op]]
+
+
+@pytest.mark.parametrize("forward", [False, True])
+@pytest.mark.parametrize("op", list(CORE_ARGS))
+def test_core_argument_parsing(op, forward):
+    from normcpp import _core
+
+    fn = getattr(_core, op + ("_forward" if forward else ""))
+    names, values = CORE_ARGS[op], core_values(op)
+    want = fn(*values)
+    # by name, in any order, and mixed
+    got = fn(**dict(zip(reversed(names), reversed(values))))
+    got2 = fn(*values[:2], **dict(zip(names[2:], values[2:])))
+    for g in (got, got2):
+        for a, b in zip(want if forward else [want], g if forward else [g]):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match=f"missing required argument '{names[-1]}'"):
+        fn(*values[:-1])
+    with pytest.raises(TypeError, match=f"missing required argument '{names[0]}'"):
+        fn(**dict(zip(names[1:], values[1:])))
+    with pytest.raises(TypeError, match="positional arguments but"):
+        fn(*values, None)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        fn(*values, bogus=1)
+    with pytest.raises(TypeError, match=f"multiple values for argument '{names[1]}'"):
+        fn(*values, **{names[1]: values[1]})
+    # the argument checks inside still name the argument
+    bad = list(values)
+    bad[0] = "not an array"
+    with pytest.raises(TypeError, match="input"):
+        fn(*bad)
