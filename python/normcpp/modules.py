@@ -965,7 +965,8 @@ class _BatchNorm(_NormBase):
                 "Expected more than 1 value per channel when training, got input of shape "
                 f"{input.shape}"
             )
-        result, mean, invstd = F.batch_norm_forward(
+        # (The core directly, all arguments positional: F.batch_norm_forward adds a frame.)
+        result, mean, invstd = _core.batch_norm_forward(
             input,
             self.running_mean if update else None,
             self.running_var if update else None,
@@ -974,7 +975,9 @@ class _BatchNorm(_NormBase):
             True,
             self._momentum_factor() if update else 0.0,
             self.eps,
-            out=out,
+            out,
+            "raise",
+            None,
         )
         if update:
             self._count_batch()
@@ -1179,9 +1182,9 @@ class _InstanceNorm(_NormBase):
             )
         momentum = self.momentum if self.momentum is not None else 0.0
         if use_input_stats:
-            result, mean, invstd = F.instance_norm_forward(
+            result, mean, invstd = _core.instance_norm_forward(
                 x, self.running_mean, self.running_var, self.weight, self.bias, True,
-                momentum, self.eps, out=target,
+                momentum, self.eps, target, "raise",
             )
             kind = "instance"
         else:  # eval with running statistics: a per-channel affine map
@@ -1368,8 +1371,8 @@ class GroupNorm(Module):
                 f"GroupNorm expected input with num_channels={self.num_channels} channels at "
                 f"dim 1, got {input.shape[1]} (input shape {input.shape})"
             )
-        result, mean, invstd = F.group_norm_forward(input, self.num_groups, self.weight,
-                                                    self.bias, self.eps, out=out)
+        result, mean, invstd = _core.group_norm_forward(input, self.num_groups, self.weight,
+                                                        self.bias, self.eps, out, None)
         self._save("group", input, mean, invstd, out)
         return result
 
@@ -1460,8 +1463,9 @@ class LayerNorm(Module):
             Receives the result (same shape and dtype as ``input``); may be ``input``.
         """
         _check_trailing_shape(self, input, self.normalized_shape)
-        result, mean, invstd = F.layer_norm_forward(input, self.normalized_shape, self.weight,
-                                                    self.bias, self.eps, out=out)
+        result, mean, invstd = _core.layer_norm_forward(input, self.normalized_shape,
+                                                        self.weight, self.bias, self.eps, out,
+                                                        None)
         self._save("layer", input, mean, invstd, out)
         return result
 
@@ -1537,8 +1541,8 @@ class RMSNorm(Module):
             Receives the result (same shape and dtype as ``input``); may be ``input``.
         """
         _check_trailing_shape(self, input, self.normalized_shape)
-        result, invrms = F.rms_norm_forward(input, self.normalized_shape, self.weight, self.eps,
-                                            out=out)
+        result, invrms = _core.rms_norm_forward(input, self.normalized_shape, self.weight,
+                                                self.eps, out)
         self._save("rms", input, None, invrms, out)
         return result
 
