@@ -1,7 +1,13 @@
 // Argument checking and conversion for the bindings (see convert.hpp).
 #include "bindings/convert.hpp"
 
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
+
+#if defined(__linux__)
+#include <sys/sysinfo.h>
+#endif
 
 namespace normcpp {
 namespace bindings {
@@ -52,9 +58,46 @@ std::vector<py::ssize_t> shape_of(const py::array& a) {
   return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
 }
 
+// Bytes of RAM plus swap (0 if unknown): no allocation beyond it can be backed. Where the
+// kernel overcommits memory, NumPy's allocation of such a size succeeds and the process is
+// killed when it first writes the pages (seen: a zero-stride fake input of 12 TiB, copied).
+std::uint64_t memory_bytes() {
+  static const std::uint64_t total = [] {
+    std::uint64_t t = 0;
+#if defined(__linux__)
+    struct sysinfo si;
+    if (sysinfo(&si) == 0)
+      t = (static_cast<std::uint64_t>(si.totalram) + si.totalswap) * si.mem_unit;
+#endif
+    return t;
+  }();
+  return total;
+}
+
+// MemoryError naming `name` if an array like `a` (its shape and dtype) cannot fit in memory.
+void check_fits(const py::array& a, const char* name, const char* what) {
+  const std::uint64_t total = memory_bytes();
+  const double bytes = static_cast<double>(a.size()) * static_cast<double>(a.itemsize());
+  if (total == 0 || bytes <= static_cast<double>(total)) return;
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%.1f GiB, more than this machine's memory (%.1f GiB)",
+                bytes / 1073741824.0, static_cast<double>(total) / 1073741824.0);
+  const std::string msg = std::string(name) + ": " + what + " of shape " + shape_str(a) +
+                          " would take " + buf;
+  PyErr_SetString(PyExc_MemoryError, msg.c_str());
+  throw py::error_already_set();
+}
+
+// A C-contiguous copy of `a` (checked to fit in memory first).
+py::array contiguous_copy(const py::array& a, const char* name) {
+  check_fits(a, name, "a contiguous copy");
+  return numpy().attr("ascontiguousarray")(a);
+}
+
 // A new uninitialized array of a's shape and dtype: C order, or channels-last (N, spatial..., C
 // memory order). Straight through NumPy's C API: no shape vectors on the heap (tiny calls).
 py::array new_array_like(const py::array& a, bool channels_last) {
+  check_fits(a, "input", "the output");
   const auto rank = a.ndim();
   constexpr py::ssize_t kMaxRank = 64;  // NumPy's NPY_MAXDIMS
   if (rank > kMaxRank) value_error("input has more than 64 dims");
@@ -309,7 +352,7 @@ NCSCall prepare_ncs(py::handle input, py::handle out, int min_rank) {
     if (is_channels_last(original))
       layout = Layout::channels_last;
     else
-      call.x = numpy().attr("ascontiguousarray")(original);
+      call.x = contiguous_copy(original, "input");
   }
   const py::array& x = call.x;
   call.out = py::reinterpret_borrow<py::object>(out);
@@ -362,7 +405,7 @@ RowsCall prepare_rows(py::handle input, py::handle normalized_shape, py::handle 
   call.norm_shape = ns;
   call.x = is_c_contiguous(original)
                ? original
-               : py::array(numpy().attr("ascontiguousarray")(original));
+               : contiguous_copy(original, "input");
   const py::array& x = call.x;
   call.out = py::reinterpret_borrow<py::object>(out);
   bool direct = false;
@@ -402,6 +445,7 @@ GradCall prepare_grad(py::handle grad_output, py::handle input, int min_rank) {
   g.dy = checked_grad(grad_output, g.fwd.x);
   const bool cl = g.fwd.ref.layout == Layout::channels_last;
   if (cl ? !is_channels_last(g.dy) : !is_c_contiguous(g.dy)) {
+    check_fits(g.dy, "grad_output", "a copy in the input's layout");
     py::array copy = numpy().attr("empty_like")(g.fwd.y);
     numpy().attr("copyto")(copy, g.dy);
     g.dy = copy;
@@ -413,7 +457,7 @@ GradCall prepare_grad(py::handle grad_output, py::handle input, int min_rank) {
 
 py::array rows_grad(py::handle grad_output, const py::array& x) {
   py::array dy = checked_grad(grad_output, x);
-  if (!is_c_contiguous(dy)) dy = numpy().attr("ascontiguousarray")(dy);
+  if (!is_c_contiguous(dy)) dy = contiguous_copy(dy, "grad_output");
   return dy;
 }
 

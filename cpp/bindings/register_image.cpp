@@ -92,7 +92,7 @@ py::object normalize_images_py(py::object images, py::object mean, py::object st
                               out_cl ? Layout::channels_last : Layout::contiguous, m.data(),
                               sd.data(), s);
   }
-  return std::move(y);
+  return py::object(std::move(y));
 }
 
 py::dict channel_stats_py(py::object x_obj, py::object n, py::object c, py::object p,
