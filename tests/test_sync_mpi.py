@@ -194,12 +194,17 @@ def _mpiexec() -> str | None:
     return shutil.which("mpiexec")
 
 
+# Open MPI's mpiexec refuses to start as root unless told (containers, CI images often run as
+# root); MPICH ignores these.
+_ROOT_OK = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
 def _run_mpi(sizes, tmp_path):
     pytest.importorskip("mpi4py")
     mpiexec = _mpiexec()
     if mpiexec is None:
         pytest.skip("mpiexec not found")
-    env = dict(os.environ)
+    env = dict(os.environ, **_ROOT_OK)
     env["OMP_NUM_THREADS"] = "1"
     env["NORMCPP_NUM_THREADS"] = "1"
     package_root = str(pathlib.Path(nc.__file__).resolve().parent.parent)
@@ -370,7 +375,7 @@ def test_example_trains_under_mpiexec(tmp_path):
     mpiexec = _mpiexec()
     if mpiexec is None:
         pytest.skip("mpiexec not found")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **_ROOT_OK)
     package_root = str(pathlib.Path(nc.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(
         [package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
