@@ -272,31 +272,35 @@ struct Bind<Fn, WithStats, py::object (*)(bool, Args...)> {
   }
 };
 
-// `name` returns the output; `name_forward` also returns the statistics backward needs.
+// `name` returns the output; `forward` (name + "_forward") also returns the statistics
+// backward needs. Both names are string literals: the function objects point at them for the
+// life of the process.
 template <auto Fn>
-void def_forward(py::module_& m, const char* name, std::initializer_list<const char*> args) {
-  // Never freed: the function object's name points into it for the life of the process.
-  const auto* fwd = new std::string(std::string(name) + "_forward");
+void def_forward(py::module_& m, const char* name, const char* forward,
+                 std::initializer_list<const char*> args) {
   Bind<Fn, false, decltype(Fn)>::def(m, name, args,
                                      "See normcpp.functional (all arguments required).");
-  Bind<Fn, true, decltype(Fn)>::def(m, fwd->c_str(), args,
+  Bind<Fn, true, decltype(Fn)>::def(m, forward, args,
                                     "See normcpp.functional (all arguments required).");
 }
 
 }  // namespace
 
 void register_functional(py::module_& m) {
-  def_forward<&batch_norm_py>(m, "batch_norm",
+  def_forward<&batch_norm_py>(m, "batch_norm", "batch_norm_forward",
                               {"input", "running_mean", "running_var", "weight", "bias",
                                "training", "momentum", "eps", "out", "nonfinite", "activation"});
-  def_forward<&instance_norm_py>(m, "instance_norm",
+  def_forward<&instance_norm_py>(m, "instance_norm", "instance_norm_forward",
                                  {"input", "running_mean", "running_var", "weight", "bias",
                                   "use_input_stats", "momentum", "eps", "out", "nonfinite"});
-  def_forward<&group_norm_py>(m, "group_norm", {"input", "num_groups", "weight", "bias", "eps",
-                                                "out", "activation"});
-  def_forward<&layer_norm_py>(m, "layer_norm", {"input", "normalized_shape", "weight", "bias",
-                                                "eps", "out", "activation"});
-  def_forward<&rms_norm_py>(m, "rms_norm", {"input", "normalized_shape", "weight", "eps", "out"});
+  def_forward<&group_norm_py>(m, "group_norm", "group_norm_forward",
+                              {"input", "num_groups", "weight", "bias", "eps", "out",
+                               "activation"});
+  def_forward<&layer_norm_py>(m, "layer_norm", "layer_norm_forward",
+                              {"input", "normalized_shape", "weight", "bias", "eps", "out",
+                               "activation"});
+  def_forward<&rms_norm_py>(m, "rms_norm", "rms_norm_forward",
+                            {"input", "normalized_shape", "weight", "eps", "out"});
 }
 
 }  // namespace bindings
