@@ -3,6 +3,9 @@
 #include <pybind11/pybind11.h>
 
 #include <cmath>
+#ifdef __GLIBCXX__
+#include <cxxabi.h>
+#endif
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
@@ -214,7 +217,8 @@ struct Bind<Fn, WithStats, py::object (*)(bool, Args...)> {
                    qualname, kN, nargs);
       return false;
     }
-    for (std::size_t i = 0; i < kN; ++i) slot[i] = i < static_cast<std::size_t>(nargs) ? args[i] : nullptr;
+    for (std::size_t i = 0; i < kN; ++i)
+      slot[i] = i < static_cast<std::size_t>(nargs) ? args[i] : nullptr;
     const Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     for (Py_ssize_t k = 0; k < nk; ++k) {
       PyObject* key = PyTuple_GET_ITEM(kwnames, k);
@@ -251,6 +255,10 @@ struct Bind<Fn, WithStats, py::object (*)(bool, Args...)> {
     if (!parse(args, PyVectorcall_NARGS(nargs), kwnames, slot)) return nullptr;
     try {
       return invoke(slot, std::make_index_sequence<kN>{}).release().ptr();
+#ifdef __GLIBCXX__
+    } catch (abi::__forced_unwind&) {  // thread cancellation unwinds on (as in pybind11)
+      throw;
+#endif
     } catch (...) {
       py::detail::try_translate_exceptions();
       return nullptr;
