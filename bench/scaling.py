@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 
 import numpy as np
+from image_bench import _import_normcpp, _median_ms  # same folder (run as a script)
 
-import normcpp as nc
+nc = _import_normcpp()[0]
 
 
 def _cells(rng):
@@ -61,13 +60,8 @@ def _cells(rng):
 
 
 def _time(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e6
+    """Median us over ``repeats`` calls after a warm-up."""
+    return _median_ms(fn, repeats) * 1e3
 
 
 def main():
@@ -88,30 +82,31 @@ def main():
             threads.append(cores)
     rng = np.random.default_rng(0)
     lines = [
-        f"normcpp {nc.__version__} ({nc.config()['isa']}), {platform.processor() or platform.machine()},"
-        f" {cores} cores, Python {platform.python_version()}, NumPy {np.__version__}",
+        (f"normcpp {nc.__version__} ({nc.config()['isa']}), "
+         f"{platform.processor() or platform.machine()}, {cores} cores, "
+         f"Python {platform.python_version()}, NumPy {np.__version__}"),
         "",
-        "| cell | MB | copy us (1 thr) | " + " | ".join(f"t={t} us" for t in threads)
-        + " | " + " | ".join(f"x{t}" for t in threads[1:]) + " | bitwise |",
+        "| " + " | ".join(["cell", "MB", "copy us (1 thr)"] + [f"t={t} us" for t in threads]
+                         + [f"x{t}" for t in threads[1:]] + ["bitwise"]) + " |",
         "|---|---:|---:|" + "---:|" * (2 * len(threads) - 1) + "---|",
     ]
     print("\n".join(lines))
     for label, x, call in _cells(rng):
         out = np.empty_like(x, order="K")
-        copy_us = _time(lambda: np.copyto(out, x), args.repeats)
+        copy_us = _time(lambda out=out, x=x: np.copyto(out, x), args.repeats)
         times, first, same = [], None, True
         for t in threads:
             nc.set_num_threads(t)
-            times.append(_time(lambda: call(x, out), args.repeats))
+            times.append(_time(lambda call=call, x=x, out=out: call(x, out), args.repeats))
             call(x, out)
             if first is None:
                 first = out.copy()
             else:
                 same = same and np.array_equal(first.view(np.uint32), out.view(np.uint32))
-        row = (f"| {label} | {x.nbytes / 1e6:.1f} | {copy_us:.0f} | "
-               + " | ".join(f"{t:.0f}" for t in times) + " | "
-               + " | ".join(f"{times[0] / t:.2f}" for t in times[1:])
-               + f" | {'yes' if same else 'NO'} |")
+        row = "| " + " | ".join([label, f"{x.nbytes / 1e6:.1f}", f"{copy_us:.0f}"]
+                                + [f"{t:.0f}" for t in times]
+                                + [f"{times[0] / t:.2f}" for t in times[1:]]
+                                + ["yes" if same else "NO"]) + " |"
         print(row, flush=True)
         lines.append(row)
     nc.set_num_threads(cores)

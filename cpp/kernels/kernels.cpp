@@ -380,8 +380,8 @@ inline void fold_period(A* v, i64 C, i64 L) {
     for (i64 c = 0; c < C; ++c) v[c] += v[p + c];
 }
 
-// expand_period, then the first X values again after the period (dst holds P + X, X <= P):
-// a vector may then start anywhere in the period.
+// expand_period, then the pattern continued for X more values (dst holds P + X): a vector,
+// or a cache line of output, may then start anywhere in the period.
 template <class A>
 inline void expand_period_ext(const A* v, i64 C, A* dst, i64 P, i64 X) {
   expand_period(v, C, dst, P);
@@ -404,12 +404,11 @@ struct PeriodCursor {
 // y[0..n) of a channels-last stream whose coefficients repeat with period P (a multiple of
 // W): vec(i, o) / one(i, o) give element i with the coefficients at position o of the period.
 // A long period is written one period-row at a time with o = the position in the row (no
-// cursor to carry: fewer instructions per vector); a short one, or any streamed one, as one
-// flat stream, the position carried by a PeriodCursor. (Streamed period-rows would each start
-// off a cache line -- NumPy's large arrays sit 16 bytes past one -- so every row paid a
-// scalar head and tail and left a line per row to plain stores: instance norm NHWC
-// (32,64,56,56) 30.3M -> 20.6M instructions, ~8.0 -> ~7.2 ms at 1 thread.) Either way every
-// element gets the same arithmetic.
+// cursor to carry: fewer instructions per vector); a short one as one flat stream, the
+// position carried by a PeriodCursor. Streamed output never goes by period-rows: those would
+// each start off a cache line (NumPy's large arrays sit 16 bytes past one), every row paying a
+// scalar head and tail and leaving a line to plain stores. A period of whole lines is streamed
+// by cl_stream_lines, any other as the flat stream. Every element gets the same arithmetic.
 constexpr i64 kRowPeriod = 64;
 
 // Streamed y[0..n) of a period P that fills whole cache lines, n a multiple of P, y + h the
@@ -457,7 +456,7 @@ NORMCPP_ALWAYS_INLINE inline void cl_periodic_write(T* y, i64 n, i64 P, bool str
   if (P >= kRowPeriod && !stream) {
     for (i64 i0 = 0; i0 < n; i0 += P)
       write_row(
-          y + i0, imin(P, n - i0), stream,
+          y + i0, imin(P, n - i0), false,
           [&](i64 o) NORMCPP_ALWAYS_INLINE { return vec(i0 + o, o); },
           [&](i64 o) { return one(i0 + o, o); });
     return;
@@ -888,7 +887,7 @@ NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typ
     return Tr::from_a(activate_one<Act>((Tr::to_a(x[i]) - Mp[o]) * Sp[o] + Bp[o]));
   };
   if (P) {
-    // One flat stream; the channel pattern over one period P (a multiple of W), extended by W.
+    // The channel pattern over one period P (a multiple of W), extended by kPeriodExt.
     constexpr i64 X = kPeriodExt<T>;
     const i64 E = P + X;
     expand_period_ext(M, C, scratch, P, X);
