@@ -509,6 +509,30 @@ def test_stable_statistics_large_offset(op):
     np.testing.assert_allclose(y64.mean(axis=axes), 0, atol=1e-2)
 
 
+@pytest.mark.parametrize("channels", [3, 16])
+def test_channels_last_statistics_survive_an_unrepresentative_sample(channels):
+    """Channels-last statistics take one pass about a shift K (the mean of 32 rows spread
+    evenly over each block of 32768 elements) when K is close to the block's mean. Here those
+    very rows are outliers (1000 among 1 + 0.01 N(0, 1)), so K is ~18 standard deviations off:
+    the one-pass M2 would cancel ~300x and keep ~3 digits; the guard must fall back to the
+    exact second pass (M2 within 3e-5 relative of float64)."""
+    rng = np.random.default_rng(7)
+    nr = 32768 // channels
+    x = 1.0 + 1e-2 * rng.standard_normal((nr, channels))
+    x[[(2 * i + 1) * nr // 64 for i in range(32)]] = 1000.0
+    x = x.astype(np.float32)
+    xl = x.reshape(1, 1, nr, channels).transpose(0, 3, 1, 2)  # NHWC (1, C, 1, nr)
+    n, mean, m2 = nc.batch_norm_stats(xl)
+    x64 = x.astype(np.float64)
+    mean64 = x64.mean(axis=0)
+    m2_64 = ((x64 - mean64) ** 2).sum(axis=0)
+    np.testing.assert_array_equal(n, nr)
+    np.testing.assert_allclose(m2, m2_64, rtol=3e-5)
+    np.testing.assert_allclose(mean, mean64, rtol=0, atol=1e-6 * np.sqrt(m2_64 / nr).min())
+    y = nc.batch_norm(xl, training=True).transpose(0, 2, 3, 1).reshape(nr, channels)
+    np.testing.assert_allclose(y, (x64 - mean64) / np.sqrt(m2_64 / nr + 1e-5), atol=1e-4)
+
+
 def test_stable_rms_norm_large_values():
     rng = np.random.default_rng(5)
     x = (1e4 + rng.standard_normal((3, 2**16))).astype(np.float32)

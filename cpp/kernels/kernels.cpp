@@ -14,8 +14,9 @@
 // blocks with Chan's formula in double. The deviations are O(std), so float32 lane sums lose
 // nothing to cancellation: for 1e4 + N(0,1) data the variance error is ~1e-6 relative (a
 // naive float32 E[x^2] - E[x]^2 loses all digits). Constant data gives sum = 0, d = 0 exactly,
-// hence mean == the constant and M2 == 0 exactly. Results depend only on the block
-// boundaries, never on threads. Measured: memory-bound (one read per pass from L1 is
+// hence mean == the constant and M2 == 0 exactly. (Channels-last blocks long enough skip
+// pass 1 when a shift taken from 32 of their rows is close to their mean: see cl_moments.)
+// Results depend only on the block boundaries, never on threads. Measured: memory-bound (one read per pass from L1 is
 // ~4x faster than the DRAM read it replaces).
 #include <cmath>
 #include <cstdint>
@@ -626,25 +627,57 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
     const T* blk = x + r0 * C;
     const i64 n = nr * C;
     const i64 nrows = P ? n / P : nr, tail = P ? n - (n / P) * P : 0;
-    // Pass 1: K = the block's first row (repeated over the period), S = sum(x - K).
-    for (i64 c = 0; c < C; ++c) K[c] = Tr::to_a(blk[c]);
-    if (P) expand_period(K, C, K, P);
-    for (i64 p = 0; p < L; ++p) S[p] = A(0);
-    stats_pass<false>(blk, nrows, L, tail, K, S, Q);
-    // Block mean per channel into K[0..C), repeated over the period. (The per-channel loops
-    // here and below are plain so that they vectorize: with a wide C and few rows per block
-    // they cost as much as the passes over the data.)
-    const A inv = A(1) / static_cast<A>(nr);
-    fold_period(S, C, L);
-    for (i64 c = 0; c < C; ++c) K[c] = K[c] + S[c] * inv;
-    if (P) expand_period(K, C, K, P);
-    // Pass 2: S = sum(d), Q = sum(d^2), d = x - block mean.
-    for (i64 p = 0; p < L; ++p) S[p] = Q[p] = A(0);
-    stats_pass<true>(blk, nrows, L, tail, K, S, Q, r0 + nr < rows ? blk + n : nullptr);
-    fold_period(S, C, L);
-    fold_period(Q, C, L);
-    // Merge this block's per-channel moments into the running (count, mean, m2).
+    const T* next = r0 + nr < rows ? blk + n : nullptr;
     const double nb = static_cast<double>(nr);
+    // One pass where the block is long enough: K = the mean of m rows spread evenly over the
+    // block (m >= 16, so K is within a few standard deviations / 4 of the block mean), S =
+    // sum(x - K), Q = sum((x - K)^2). Kept when every channel's shift is small against its
+    // spread, (S/n)^2 <= (Q/n) / 2: the block's M2 = Q - S^2/n then cancels at most half of Q
+    // (one bit of the float32 sums). Otherwise (data whose mean jumps within the block, a
+    // constant channel with K rounded off it) the second pass below recomputes S and Q about
+    // the block's own mean; short blocks (wide C) take the two passes directly.
+    const i64 m = imin(32, nr / 8);
+    bool one_pass = false;
+    if (m >= 16) {
+      for (i64 c = 0; c < C; ++c) K[c] = A(0);
+      for (i64 i = 0; i < m; ++i) {
+        const T* row = blk + ((2 * i + 1) * nr / (2 * m)) * C;
+        for (i64 c = 0; c < C; ++c) K[c] += Tr::to_a(row[c]);
+      }
+      const A invm = A(1) / static_cast<A>(m);
+      for (i64 c = 0; c < C; ++c) K[c] *= invm;
+      if (P) expand_period(K, C, K, P);
+      for (i64 p = 0; p < L; ++p) S[p] = Q[p] = A(0);
+      stats_pass<true>(blk, nrows, L, tail, K, S, Q, next);
+      fold_period(S, C, L);
+      fold_period(Q, C, L);
+      one_pass = true;
+      for (i64 c = 0; c < C; ++c) {
+        const double sc = static_cast<double>(S[c]), qc = static_cast<double>(Q[c]);
+        one_pass &= 2.0 * sc * sc <= qc * nb;
+      }
+    } else {
+      // Pass 1: K = the block's first row (repeated over the period), S = sum(x - K).
+      for (i64 c = 0; c < C; ++c) K[c] = Tr::to_a(blk[c]);
+      if (P) expand_period(K, C, K, P);
+      for (i64 p = 0; p < L; ++p) S[p] = A(0);
+      stats_pass<false>(blk, nrows, L, tail, K, S, Q);
+      fold_period(S, C, L);
+    }
+    if (!one_pass) {
+      // Block mean per channel into K[0..C), repeated over the period. (The per-channel loops
+      // here and below are plain so that they vectorize: with a wide C and few rows per block
+      // they cost as much as the passes over the data.)
+      const A inv = A(1) / static_cast<A>(nr);
+      for (i64 c = 0; c < C; ++c) K[c] = K[c] + S[c] * inv;
+      if (P) expand_period(K, C, K, P);
+      // Pass 2: S = sum(d), Q = sum(d^2), d = x - block mean.
+      for (i64 p = 0; p < L; ++p) S[p] = Q[p] = A(0);
+      stats_pass<true>(blk, nrows, L, tail, K, S, Q, next);
+      fold_period(S, C, L);
+      fold_period(Q, C, L);
+    }
+    // Merge this block's per-channel moments into the running (count, mean, m2).
     const double na = *count;
     const double f = nb / (na + nb);
     if (na == 0.0) {

@@ -372,8 +372,9 @@ def rms_norm_backward(
 def batch_norm_stats(input: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-channel ``(count, mean, m2)`` (float64, M2 = sum of squared deviations) over N and
     the spatial dims — the statistics SyncBatchNorm merges across processes. Computed stably
-    (L1 blocks, two-pass, Chan merge in double; float32 data accumulates its deviations in
-    float32 lanes, so M2 is good to ~1e-8 relative, float64 data to ~1e-11).
+    (L1 blocks, two-pass or a guarded one pass about a shift -- see the README's Numerics --,
+    Chan merge in double; float32 data accumulates its deviations in float32 lanes, so M2 of
+    N(5, 1) data is good to ~4e-8 relative, float64 data to ~1e-11).
 
     Examples
     --------
