@@ -38,6 +38,21 @@ inline i64 chunks_for(i64 elems) {
   return p < kMaxChunks ? p : kMaxChunks;
 }
 
+// Slots taken per round when slots of E elements are cut into P chunks each: a round computes
+// its slots' statistics, then normalizes them while their data is still in the last-level
+// cache (statistics of every slot first would read all of the input twice from memory:
+// instance norm NHWC (32,64,56,56), 800 KB per sample). A round holds about kRoundElems of
+// data, or enough chunks to keep nt threads busy (4 each) if that is more. Results do not
+// depend on the rounds: the same chunks are merged in the same order.
+constexpr i64 kRoundElems = 512 * 1024;
+inline i64 round_slots(i64 slots, i64 P, i64 E, int nt) {
+  i64 g = kRoundElems / E;
+  const i64 busy = (4 * static_cast<i64>(nt) + P - 1) / P;
+  if (g < busy) g = busy;
+  if (g < 1) g = 1;
+  return g < slots ? g : slots;
+}
+
 // Start of chunk j of P over [0, E) (exact, no overflow).
 inline i64 chunk_start(i64 E, i64 P, i64 j) {
   const i64 q = E / P, r = E % P;
@@ -88,25 +103,28 @@ void run_driver(const RunGeom& g, Reduce reduce, Finish finish, Apply apply) {
     });
     return;
   }
-  const i64 items = g.slots * P;
-  const int nt = threads_for(total, items);
-  if constexpr (Stats) {
-    std::vector<Moments> part(static_cast<std::size_t>(items));
-    parallel_for(items, nt, [&](i64 i, int) {
-      const i64 s = i / P, j = i % P;
-      part[static_cast<std::size_t>(i)] =
-          reduce_range<Merge>(g, s, chunk_start(E, P, j), chunk_start(E, P, j + 1), reduce);
-    });
-    for (i64 s = 0; s < g.slots; ++s) {
-      Moments m;
-      for (i64 j = 0; j < P; ++j) m = Merge{}(m, part[static_cast<std::size_t>(s * P + j)]);
-      finish(s, m);
+  const int nt = threads_for(total, g.slots * P);
+  const i64 gs = Stats ? round_slots(g.slots, P, E, nt) : g.slots;
+  std::vector<Moments> part(Stats ? static_cast<std::size_t>(gs * P) : 0);
+  for (i64 s0 = 0; s0 < g.slots; s0 += gs) {
+    const i64 items = (g.slots - s0 < gs ? g.slots - s0 : gs) * P;
+    if constexpr (Stats) {
+      parallel_for(items, nt, [&](i64 i, int) {
+        const i64 s = s0 + i / P, j = i % P;
+        part[static_cast<std::size_t>(i)] =
+            reduce_range<Merge>(g, s, chunk_start(E, P, j), chunk_start(E, P, j + 1), reduce);
+      });
+      for (i64 i = 0; i < items; i += P) {
+        Moments m;
+        for (i64 j = 0; j < P; ++j) m = Merge{}(m, part[static_cast<std::size_t>(i + j)]);
+        finish(s0 + i / P, m);
+      }
     }
+    parallel_for(items, nt, [&](i64 i, int) {
+      const i64 s = s0 + i / P, j = i % P;
+      apply(s, chunk_start(E, P, j), chunk_start(E, P, j + 1));
+    });
   }
-  parallel_for(items, nt, [&](i64 i, int) {
-    const i64 s = i / P, j = i % P;
-    apply(s, chunk_start(E, P, j), chunk_start(E, P, j + 1));
-  });
 }
 
 // ----------------------------------------------------------------------------- cl driver
@@ -147,29 +165,36 @@ void cl_driver(const CLGeom& g, i64 scratch_elems, Reduce reduce, Merge merge, F
     });
     return;
   }
-  if constexpr (Stats) {
-    std::vector<double> part(acc_n * static_cast<std::size_t>(items), 0.0);
-    std::vector<double> pn(static_cast<std::size_t>(items), 0.0);
-    parallel_for(items, nt, [&](i64 i, int tid) {
-      const i64 s = i / P, j = i % P;
-      reduce(s, chunk_start(g.rows, P, j), chunk_start(g.rows, P, j + 1), scr(tid),
-             part.data() + acc_n * static_cast<std::size_t>(i), &pn[static_cast<std::size_t>(i)]);
-    });
-    std::vector<double> acc(acc_n);
-    for (i64 s = 0; s < g.samples; ++s) {
-      for (auto& v : acc) v = 0.0;
-      double n = 0.0;
-      for (i64 j = 0; j < P; ++j) {
-        const auto i = static_cast<std::size_t>(s * P + j);
-        merge(acc.data(), &n, static_cast<const double*>(part.data() + acc_n * i), pn[i]);
+  const i64 gs = Stats ? round_slots(g.samples, P, E, nt) : g.samples;
+  std::vector<double> part(Stats ? acc_n * static_cast<std::size_t>(gs * P) : 0);
+  std::vector<double> pn(Stats ? static_cast<std::size_t>(gs * P) : 0);
+  std::vector<double> acc(Stats ? acc_n : 0);
+  for (i64 s0 = 0; s0 < g.samples; s0 += gs) {
+    const i64 round = (g.samples - s0 < gs ? g.samples - s0 : gs) * P;
+    if constexpr (Stats) {
+      for (auto& v : part) v = 0.0;
+      for (auto& v : pn) v = 0.0;
+      parallel_for(round, nt, [&](i64 i, int tid) {
+        const i64 s = s0 + i / P, j = i % P;
+        reduce(s, chunk_start(g.rows, P, j), chunk_start(g.rows, P, j + 1), scr(tid),
+               part.data() + acc_n * static_cast<std::size_t>(i),
+               &pn[static_cast<std::size_t>(i)]);
+      });
+      for (i64 i0 = 0; i0 < round; i0 += P) {
+        for (auto& v : acc) v = 0.0;
+        double n = 0.0;
+        for (i64 j = 0; j < P; ++j) {
+          const auto i = static_cast<std::size_t>(i0 + j);
+          merge(acc.data(), &n, static_cast<const double*>(part.data() + acc_n * i), pn[i]);
+        }
+        finish(s0 + i0 / P, static_cast<const double*>(acc.data()), n);
       }
-      finish(s, static_cast<const double*>(acc.data()), n);
     }
+    parallel_for(round, nt, [&](i64 i, int tid) {
+      const i64 s = s0 + i / P, j = i % P;
+      apply(s, chunk_start(g.rows, P, j), chunk_start(g.rows, P, j + 1), scr(tid));
+    });
   }
-  parallel_for(items, nt, [&](i64 i, int tid) {
-    const i64 s = i / P, j = i % P;
-    apply(s, chunk_start(g.rows, P, j), chunk_start(g.rows, P, j + 1), scr(tid));
-  });
 }
 
 // Merges for cl_driver accumulators of C channels: (mean, m2) by Chan, or plain sums.
