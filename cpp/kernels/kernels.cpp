@@ -455,23 +455,7 @@ NORMCPP_ALWAYS_INLINE inline void cl_periodic_write(T* y, i64 n, i64 P, bool str
     }
   }
   if (P >= kRowPeriod && !stream) {
-    using Tr = VT<T>;
-    constexpr i64 W = Tr::W;
-    i64 i0 = 0;
-    // Four period-rows at a time: their four values at position j are computed before any is
-    // stored, so the coefficient vectors at j are loaded once for the four (a store between
-    // would force a reload: y may alias them) -- 1.75 loads per output vector instead of 4.
-    for (; i0 + 4 * P <= n; i0 += 4 * P) {
-      for (i64 j = 0; j < P; j += W) {
-        const auto v0 = vec(i0 + j, j), v1 = vec(i0 + P + j, j);
-        const auto v2 = vec(i0 + 2 * P + j, j), v3 = vec(i0 + 3 * P + j, j);
-        Tr::store(y + i0 + j, v0);
-        Tr::store(y + i0 + P + j, v1);
-        Tr::store(y + i0 + 2 * P + j, v2);
-        Tr::store(y + i0 + 3 * P + j, v3);
-      }
-    }
-    for (; i0 < n; i0 += P)
+    for (i64 i0 = 0; i0 < n; i0 += P)
       write_row(
           y + i0, imin(P, n - i0), false,
           [&](i64 o) NORMCPP_ALWAYS_INLINE { return vec(i0 + o, o); },
