@@ -533,6 +533,41 @@ def test_channels_last_statistics_survive_an_unrepresentative_sample(channels):
     np.testing.assert_allclose(y, (x64 - mean64) / np.sqrt(m2_64 / nr + 1e-5), atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("op", ["instance_norm", "group_norm", "batch_norm"])
+def test_large_slots_in_several_rounds(op, layout):
+    """Slots of 115,200 elements (past the fused size) are reduced in 4 chunks each, and
+    several slots at a time go through statistics then normalization ("rounds" of ~512K
+    elements): 6 samples (12 BN channels) make 2-3 rounds. Every slot must get its own
+    statistics, whatever the round, and the result must not depend on the thread count."""
+    rng = np.random.default_rng(11)
+    shape = (4, 12, 240, 120) if op == "batch_norm" else (6, 16, 80, 90)
+    x64 = rng.standard_normal(shape) * rng.uniform(0.5, 3, (1, shape[1], 1, 1)) \
+        + rng.uniform(-5, 5, (shape[0], shape[1], 1, 1))
+    x = to_layout(x64.astype(np.float32), layout)
+    w = rng.standard_normal(shape[1]).astype(np.float32)
+    b = rng.standard_normal(shape[1]).astype(np.float32)
+    if op == "instance_norm":
+        run = lambda: nc.instance_norm(x, weight=w, bias=b)  # noqa: E731
+        expected = ref.instance_norm(x, weight=w, bias=b)[0]
+    elif op == "group_norm":
+        run = lambda: nc.group_norm(x, 4, w, b)  # noqa: E731
+        expected = ref.group_norm(x, 4, w, b)
+    else:
+        run = lambda: nc.batch_norm(x, None, None, w, b, training=True)  # noqa: E731
+        expected = ref.batch_norm(x, None, None, w, b, training=True)[0]
+    old = nc.get_num_threads()
+    try:
+        nc.set_num_threads(1)
+        y1 = run()
+        nc.set_num_threads(2)
+        y2 = run()
+    finally:
+        nc.set_num_threads(old)
+    assert_close(y1, expected, np.float32)
+    np.testing.assert_array_equal(y1, y2)
+
+
 def test_stable_rms_norm_large_values():
     rng = np.random.default_rng(5)
     x = (1e4 + rng.standard_normal((3, 2**16))).astype(np.float32)

@@ -50,7 +50,9 @@ inline i64 round_slots(i64 slots, i64 P, i64 E, int nt) {
   const i64 busy = (4 * static_cast<i64>(nt) + P - 1) / P;
   if (g < busy) g = busy;
   if (g < 1) g = 1;
-  return g < slots ? g : slots;
+  if (g >= slots) return slots;
+  const i64 rounds = (slots + g - 1) / g;  // as many rounds, evened out (8,8,8,8 not 10,10,10,2)
+  return (slots + rounds - 1) / rounds;
 }
 
 // Start of chunk j of P over [0, E) (exact, no overflow).
