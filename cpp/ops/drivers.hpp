@@ -42,11 +42,11 @@ inline i64 chunks_for(i64 elems) {
 // its slots' statistics, then normalizes them while their data is still in the last-level
 // cache (statistics of every slot first would read all of the input twice from memory:
 // instance norm NHWC (32,64,56,56), 800 KB per sample). A round holds about kRoundElems of
-// data, or enough chunks to keep nt threads busy (4 each) if that is more. Results do not
-// depend on the rounds: the same chunks are merged in the same order.
+// data per thread, or enough chunks to keep the nt threads busy (4 each) if that is more.
+// Results do not depend on the rounds: the same chunks are merged in the same order.
 constexpr i64 kRoundElems = 512 * 1024;
 inline i64 round_slots(i64 slots, i64 P, i64 E, int nt) {
-  i64 g = kRoundElems / E;
+  i64 g = kRoundElems * static_cast<i64>(nt) / E;
   const i64 busy = (4 * static_cast<i64>(nt) + P - 1) / P;
   if (g < busy) g = busy;
   if (g < 1) g = 1;
