@@ -67,7 +67,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     x = _f64(x)
-    n, c = x.shape[:2]
+    n = x.shape[0]
     g = x.reshape(n, num_groups, -1)
     mean = g.mean(axis=2, keepdims=True)
     var = g.var(axis=2, keepdims=True)

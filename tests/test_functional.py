@@ -548,13 +548,13 @@ def test_large_slots_in_several_rounds(op, layout):
     w = rng.standard_normal(shape[1]).astype(np.float32)
     b = rng.standard_normal(shape[1]).astype(np.float32)
     if op == "instance_norm":
-        run = lambda: nc.instance_norm(x, weight=w, bias=b)  # noqa: E731
+        run = lambda: nc.instance_norm(x, weight=w, bias=b)
         expected = ref.instance_norm(x, weight=w, bias=b)[0]
     elif op == "group_norm":
-        run = lambda: nc.group_norm(x, 4, w, b)  # noqa: E731
+        run = lambda: nc.group_norm(x, 4, w, b)
         expected = ref.group_norm(x, 4, w, b)
     else:
-        run = lambda: nc.batch_norm(x, None, None, w, b, training=True)  # noqa: E731
+        run = lambda: nc.batch_norm(x, None, None, w, b, training=True)
         expected = ref.batch_norm(x, None, None, w, b, training=True)[0]
     old = nc.get_num_threads()
     try:

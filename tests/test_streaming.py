@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 
+import normcpp as nc
 import numpy as np
 import pytest
-
-import normcpp as nc
 from normcpp import _core
 
 
