@@ -538,8 +538,9 @@ def test_channels_last_statistics_survive_an_unrepresentative_sample(channels):
 def test_large_slots_in_several_rounds(op, layout):
     """Slots of 115,200 elements (past the fused size) are reduced in 4 chunks each, and
     several slots at a time go through statistics then normalization ("rounds" of ~512K
-    elements a thread): at one thread 6 samples (12 BN channels) make 2-3 rounds. Every slot must get its own
-    statistics, whatever the round, and the result must not depend on the thread count."""
+    elements a thread): at one thread 6 samples (12 BN channels) make 2-3 rounds. Every slot
+    must get its own statistics, whatever the round, and the result must not depend on the
+    thread count."""
     rng = np.random.default_rng(11)
     shape = (4, 12, 240, 120) if op == "batch_norm" else (6, 16, 80, 90)
     x64 = rng.standard_normal(shape) * rng.uniform(0.5, 3, (1, shape[1], 1, 1)) \

@@ -16,8 +16,8 @@
 // naive float32 E[x^2] - E[x]^2 loses all digits). Constant data gives sum = 0, d = 0 exactly,
 // hence mean == the constant and M2 == 0 exactly. (Channels-last blocks long enough skip
 // pass 1 when a shift taken from 32 of their rows is close to their mean: see cl_moments.)
-// Results depend only on the block boundaries, never on threads. Measured: memory-bound (one read per pass from L1 is
-// ~4x faster than the DRAM read it replaces).
+// Results depend only on the block boundaries, never on threads. Measured: memory-bound (one
+// read per pass from L1 is ~4x faster than the DRAM read it replaces).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -629,9 +629,9 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
     const i64 nrows = P ? n / P : nr, tail = P ? n - (n / P) * P : 0;
     const T* next = r0 + nr < rows ? blk + n : nullptr;
     const double nb = static_cast<double>(nr);
-    // One pass where the block is long enough: K = the mean of m rows spread evenly over the
-    // block (m >= 16, so K is within a few standard deviations / 4 of the block mean), S =
-    // sum(x - K), Q = sum((x - K)^2). Kept when every channel's shift is small against its
+    // One pass where the block is long enough: K = the mean of m >= 16 rows spread evenly
+    // over the block (for data whose mean does not drift within the block, ~std/4 or closer
+    // to the block mean), S = sum(x - K), Q = sum((x - K)^2). Kept when every channel's shift is small against its
     // spread, (S/n)^2 <= (Q/n) / 2: the block's M2 = Q - S^2/n then cancels at most half of Q
     // (one bit of the float32 sums). Otherwise (data whose mean jumps within the block, a
     // constant channel with K rounded off it) the second pass below recomputes S and Q about
