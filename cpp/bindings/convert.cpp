@@ -286,7 +286,7 @@ ParamRef as_param(py::handle h, const char* name, std::vector<py::array>& keep) 
   if (a.ndim() != 1)
     value_error(std::string(name) + " must be 1-D (one value per channel), got shape " +
                 shape_str(a));
-  if (a.strides(0) % a.itemsize() != 0) a = numpy().attr("ascontiguousarray")(a);
+  if (a.strides(0) % a.itemsize() != 0) a = contiguous_copy(a, name);
   if (!a.is(h)) keep.push_back(a);  // a converted copy must outlive the call
   return {a.data(), a.itemsize() == 8 ? DType::f64 : DType::f32, a.shape(0),
           a.strides(0) / a.itemsize()};
@@ -303,7 +303,7 @@ ParamRef as_shaped_param(py::handle h, const char* name, const std::vector<py::s
     value_error(std::string(name) + " must have shape normalized_shape " + want + "), got " +
                 shape_str(a));
   }
-  if (!is_c_contiguous(a)) a = numpy().attr("ascontiguousarray")(a);
+  if (!is_c_contiguous(a)) a = contiguous_copy(a, name);
   if (!a.is(h)) keep.push_back(a);  // a converted copy must outlive the call
   return {a.data(), a.itemsize() == 8 ? DType::f64 : DType::f32, a.size(), 1};
 }

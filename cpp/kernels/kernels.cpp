@@ -629,13 +629,21 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
     const i64 nrows = P ? n / P : nr, tail = P ? n - (n / P) * P : 0;
     const T* next = r0 + nr < rows ? blk + n : nullptr;
     const double nb = static_cast<double>(nr);
+    // S = sum(x - K), Q = sum((x - K)^2) per channel, K[0..C) first repeated over the period.
+    const auto deviation_pass = [&] {
+      if (P) expand_period(K, C, K, P);
+      for (i64 p = 0; p < L; ++p) S[p] = Q[p] = A(0);
+      stats_pass<true>(blk, nrows, L, tail, K, S, Q, next);
+      fold_period(S, C, L);
+      fold_period(Q, C, L);
+    };
     // One pass where the block is long enough: K = the mean of m >= 16 rows spread evenly
     // over the block (for data whose mean does not drift within the block, ~std/4 or closer
-    // to the block mean), S = sum(x - K), Q = sum((x - K)^2). Kept when every channel's shift is small against its
-    // spread, (S/n)^2 <= (Q/n) / 2: the block's M2 = Q - S^2/n then cancels at most half of Q
-    // (one bit of the float32 sums). Otherwise (data whose mean jumps within the block, a
-    // constant channel with K rounded off it) the second pass below recomputes S and Q about
-    // the block's own mean; short blocks (wide C) take the two passes directly.
+    // to the block mean). Kept when every channel's shift is small against its spread,
+    // (S/n)^2 <= (Q/n) / 2: the block's M2 = Q - S^2/n then cancels at most half of Q (one
+    // bit of the float32 sums). Otherwise (data whose mean jumps within the block, a constant
+    // channel with K rounded off it) the second pass below recomputes S and Q about the
+    // block's own mean; short blocks (wide C) take the two passes directly.
     const i64 m = imin(32, nr / 8);
     bool one_pass = false;
     if (m >= 16) {
@@ -649,11 +657,7 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
       }
       const A invm = A(1) / static_cast<A>(m);
       for (i64 c = 0; c < C; ++c) K[c] *= invm;
-      if (P) expand_period(K, C, K, P);
-      for (i64 p = 0; p < L; ++p) S[p] = Q[p] = A(0);
-      stats_pass<true>(blk, nrows, L, tail, K, S, Q, next);
-      fold_period(S, C, L);
-      fold_period(Q, C, L);
+      deviation_pass();
       one_pass = true;
       for (i64 c = 0; c < C; ++c) {
         const double sc = static_cast<double>(S[c]), qc = static_cast<double>(Q[c]);
@@ -668,17 +672,12 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
       fold_period(S, C, L);
     }
     if (!one_pass) {
-      // Block mean per channel into K[0..C), repeated over the period. (The per-channel loops
-      // here and below are plain so that they vectorize: with a wide C and few rows per block
-      // they cost as much as the passes over the data.)
+      // Pass 2 about the block mean: K[0..C) = K + S / n. (The per-channel loops here and
+      // below are plain so that they vectorize: with a wide C and few rows per block they cost
+      // as much as the passes over the data.)
       const A inv = A(1) / static_cast<A>(nr);
       for (i64 c = 0; c < C; ++c) K[c] = K[c] + S[c] * inv;
-      if (P) expand_period(K, C, K, P);
-      // Pass 2: S = sum(d), Q = sum(d^2), d = x - block mean.
-      for (i64 p = 0; p < L; ++p) S[p] = Q[p] = A(0);
-      stats_pass<true>(blk, nrows, L, tail, K, S, Q, next);
-      fold_period(S, C, L);
-      fold_period(Q, C, L);
+      deviation_pass();
     }
     // Merge this block's per-channel moments into the running (count, mean, m2).
     const double na = *count;
