@@ -555,6 +555,59 @@ def test_backward_saves_references_not_copies(rng):
     assert m._saved_state().weight is m.weight
 
 
+PACKED_CASES = [
+    ("batch_norm", (4, 3, 5), lambda x: (None, None, None, None, True, 0.1, EPS, None, "raise",
+                                         None)),
+    ("batch_norm", (4, 3, 5), lambda x: (np.zeros(3), np.ones(3), np.ones(3), None, False, 0.1,
+                                         EPS, None, "raise", None)),
+    ("instance_norm", (2, 3, 5), lambda x: (None, None, None, None, True, 0.1, EPS, None,
+                                            "raise")),
+    ("instance_norm", (2, 3, 5), lambda x: (np.zeros(3), np.full(3, 2.0), None, None, False, 0.1,
+                                            EPS, None, "raise")),
+    ("group_norm", (2, 4, 5), lambda x: (2, None, None, EPS, None, None)),
+    ("layer_norm", (2, 3, 5), lambda x: ((3, 5), None, None, EPS, None, None)),
+    ("layer_norm", (5,), lambda x: (5, None, None, EPS, None, None)),  # 0-d statistics
+    ("rms_norm", (2, 3, 5), lambda x: (5, None, None, None)),
+]
+
+
+@pytest.mark.parametrize(("name", "shape", "args"), PACKED_CASES,
+                         ids=[f"{c[0]}-{len(c[1])}d-{i}" for i, c in enumerate(PACKED_CASES)])
+def test_packed_statistics_are_the_forward_statistics(name, shape, args, rng):
+    """The modules' ``_core._*_forward_packed`` returns exactly ``*_forward``'s output and
+    statistics, stacked as rows (mean, invstd) or (invrms,)."""
+    core = nc._core
+    x = rng.standard_normal(shape)
+    y, *stats = getattr(core, f"{name}_forward")(x, *args(x))
+    yp, packed = getattr(core, f"_{name}_forward_packed")(x, *args(x))
+    np.testing.assert_array_equal(yp, y)
+    assert packed.dtype == np.float64 and packed.flags.c_contiguous
+    assert packed.shape == (len(stats),) + stats[0].shape
+    for row, expected in zip(packed, stats):
+        np.testing.assert_array_equal(row, expected)
+    assert np.all(packed[-1] > 0)  # the last row is the invstd (or invrms)
+
+
+def test_module_backward_reads_packed_statistics(rng):
+    """A module's saved state unpacks to the functional forward's (mean, invstd)."""
+    x = rng.standard_normal((3, 4, 5))
+    for m, fwd in [
+        (nc.BatchNorm1d(4, dtype=np.float64), lambda: NF.batch_norm_forward(
+            x, None, None, np.ones(4), np.zeros(4), True)),
+        (nc.LayerNorm(5, dtype=np.float64), lambda: NF.layer_norm_forward(
+            x, 5, np.ones(5), np.zeros(5))),
+        (nc.RMSNorm(5, dtype=np.float64), lambda: NF.rms_norm_forward(x, 5, np.ones(5))),
+    ]:
+        m(x)
+        saved = m._saved_state()
+        _, *stats = fwd()
+        if len(stats) == 1:
+            assert saved.mean is None
+        else:
+            np.testing.assert_array_equal(saved.mean, stats[0])
+        np.testing.assert_array_equal(saved.invstd, stats[-1])
+
+
 # --------------------------------------------------------------------------------------------
 # errors
 

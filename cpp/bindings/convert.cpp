@@ -1,6 +1,7 @@
 // Argument checking and conversion for the bindings (see convert.hpp).
 #include "bindings/convert.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -465,25 +466,52 @@ std::vector<py::ssize_t> RowsCall::lead_shape() const {
   return std::vector<py::ssize_t>(x.shape(), x.shape() + (x.ndim() - static_cast<py::ssize_t>(norm_shape.size())));
 }
 
-Saved::Saved(bool on, const std::vector<py::ssize_t>& shape, bool with_mean)
-    : on_(on), with_mean_(with_mean) {
-  if (!on_) return;
-  if (with_mean_) mean_ = py::array_t<double>(shape);
-  invstd_ = py::array_t<double>(shape);
+Saved::Saved(StatsOut mode, const std::vector<py::ssize_t>& shape, bool with_mean)
+    : mode_(mode), with_mean_(with_mean && mode != StatsOut::none), shape_(shape) {
+  if (mode_ == StatsOut::none) return;
+  if (mode_ == StatsOut::packed) {
+    std::vector<py::ssize_t> packed{with_mean_ ? 2 : 1};
+    packed.insert(packed.end(), shape.begin(), shape.end());
+    first_ = py::array_t<double>(packed);
+    double* d = first_.mutable_data();
+    py::ssize_t size = 1;
+    for (py::ssize_t v : shape) size *= v;
+    mean_ = with_mean_ ? d : nullptr;
+    invstd_ = with_mean_ ? d + size : d;
+    return;
+  }
+  if (with_mean_) {
+    first_ = py::array_t<double>(shape);
+    mean_ = first_.mutable_data();
+  }
+  second_ = py::array_t<double>(shape);
+  invstd_ = second_.mutable_data();
 }
 
 py::object Saved::result(py::object y) const {
-  if (!on_) return y;
-  if (!with_mean_) return py::make_tuple(y, invstd_);
-  return py::make_tuple(y, mean_, invstd_);
+  switch (mode_) {
+    case StatsOut::none:
+      return y;
+    case StatsOut::packed:
+      return py::make_tuple(y, first_);
+    case StatsOut::separate:
+      break;
+  }
+  if (!with_mean_) return py::make_tuple(y, second_);
+  return py::make_tuple(y, first_, second_);
 }
 
 py::object Saved::broadcast_result(py::object y, std::int64_t n) const {
-  const py::object rep = numpy().attr("broadcast_to");
-  const py::ssize_t C = mean_.size();
-  const py::tuple shape = py::make_tuple(n, C);
-  return py::make_tuple(y, numpy().attr("array")(rep(mean_, shape)),
-                        numpy().attr("array")(rep(invstd_, shape)));
+  std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(n)};
+  shape.insert(shape.end(), shape_.begin(), shape_.end());
+  Saved wide(mode_, shape, with_mean_);
+  const auto per = static_cast<std::size_t>(shape_.empty() ? 1 : shape_.back());
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::size_t at = static_cast<std::size_t>(i) * per;
+    if (with_mean_) std::copy(mean_, mean_ + per, wide.mean_ + at);
+    std::copy(invstd_, invstd_ + per, wide.invstd_ + at);
+  }
+  return wide.result(std::move(y));
 }
 
 py::array_t<double> as_f64(py::handle h, const char* name, std::int64_t size) {

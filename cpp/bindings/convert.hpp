@@ -103,23 +103,34 @@ struct RowsCall {
   std::vector<py::ssize_t> lead_shape() const;  // input.shape[:-len(normalized_shape)]
 };
 
+// What a forward returns besides its output: nothing (the plain op), the float64 per-slot
+// statistics its backward needs as separate arrays (the public *_forward: (y, mean, invstd)),
+// or packed in one array (the modules' _*_forward_packed: (y, stats), stats[0] the mean and
+// stats[-1] the invstd; one allocation instead of two on every training step).
+enum class StatsOut { none, separate, packed };
+
 // Optional float64 per-slot statistics a forward saves for its backward pass.
 class Saved {
  public:
-  Saved(bool on, const std::vector<py::ssize_t>& shape, bool with_mean = true);
+  Saved(StatsOut mode, const std::vector<py::ssize_t>& shape, bool with_mean = true);
   SavedStats view() { return {mean_ptr(), invstd_ptr()}; }
-  double* mean_ptr() { return on_ && with_mean_ ? mean_.mutable_data() : nullptr; }
-  double* invstd_ptr() { return on_ ? invstd_.mutable_data() : nullptr; }
-  // y alone, or (y, mean, invstd), or (y, invstd) without a mean.
+  double* mean_ptr() { return with_mean_ ? mean_ : nullptr; }
+  double* invstd_ptr() { return invstd_; }
+  // y alone, or (y, mean, invstd) / (y, invstd) without a mean, or (y, stats) packed.
   py::object result(py::object y) const;
-  // (y, mean, invstd) with per-channel stats repeated over n samples: shape (n, C).
+  // As result(), with per-channel stats repeated over n samples: shape (n, C).
   py::object broadcast_result(py::object y, std::int64_t n) const;
 
  private:
-  bool on_, with_mean_;
-  // Created only when on_ (see no_array).
-  py::array_t<double> mean_{py::reinterpret_steal<py::array_t<double>>(py::handle())};
-  py::array_t<double> invstd_{py::reinterpret_steal<py::array_t<double>>(py::handle())};
+  StatsOut mode_;
+  bool with_mean_;
+  std::vector<py::ssize_t> shape_;
+  // Created only when mode_ != none (see no_array): two arrays, or one of shape (k, *shape_)
+  // with k = 2 (mean, invstd) or 1 (invstd).
+  py::array_t<double> first_{py::reinterpret_steal<py::array_t<double>>(py::handle())};
+  py::array_t<double> second_{py::reinterpret_steal<py::array_t<double>>(py::handle())};
+  double* mean_ = nullptr;
+  double* invstd_ = nullptr;
 };
 
 // A float64 C-contiguous copy-or-view of an array-like of `size` elements (ValueError naming

@@ -43,7 +43,7 @@ void check_running_disjoint(py::handle running_mean, py::handle running_var, py:
 }
 
 // activation=None | "relu" | "relu6" | "silu" | "gelu" (inference only; not with *_forward).
-Activation as_activation(py::handle h, bool with_stats) {
+Activation as_activation(py::handle h, StatsOut stats) {
   if (h.is_none()) return Activation::none;
   if (!PyUnicode_Check(h.ptr()))
     type_error("activation must be None or one of 'relu', 'relu6', 'silu', 'gelu', got " +
@@ -61,18 +61,18 @@ Activation as_activation(py::handle h, bool with_stats) {
   else
     value_error("activation must be None or one of 'relu', 'relu6', 'silu', 'gelu', got '" + v +
                 "'");
-  if (with_stats)
+  if (stats != StatsOut::none)
     value_error("activation is for inference; the *_forward variants (for backward) do not "
                 "take it");
   return a;
 }
 
-py::object batch_norm_py(bool with_stats, py::object input, py::object running_mean, py::object running_var,
+py::object batch_norm_py(StatsOut stats, py::object input, py::object running_mean, py::object running_var,
                          py::object weight, py::object bias, py::object training,
                          py::object momentum, py::object eps, py::object out,
                          py::object nonfinite, py::object activation) {
   const bool train = as_bool(training, "training");
-  const Activation act = as_activation(activation, with_stats);
+  const Activation act = as_activation(activation, stats);
   const bool propagate = as_nonfinite(nonfinite);
   const double mom = as_real(momentum, "momentum");
   const double e = as_real(eps, "eps");
@@ -82,7 +82,7 @@ py::object batch_norm_py(bool with_stats, py::object input, py::object running_m
   check_running_disjoint(running_mean, running_var, weight, bias, out, train);
   const RunningUpdate run{as_running(running_mean, "running_mean", train),
                           as_running(running_var, "running_var", train), mom, propagate};
-  Saved saved(with_stats, {call.ref.C});
+  Saved saved(stats, {call.ref.C});
   {
     NoGil nogil(call.x.size());
     normcpp::batch_norm(call.ref, run, w, b, train, e, saved.view(), act);
@@ -90,7 +90,7 @@ py::object batch_norm_py(bool with_stats, py::object input, py::object running_m
   return saved.result(call.result());
 }
 
-py::object instance_norm_py(bool with_stats, py::object input, py::object running_mean, py::object running_var,
+py::object instance_norm_py(StatsOut stats, py::object input, py::object running_mean, py::object running_var,
                             py::object weight, py::object bias, py::object use_input_stats,
                             py::object momentum, py::object eps, py::object out,
                             py::object nonfinite) {
@@ -104,14 +104,14 @@ py::object instance_norm_py(bool with_stats, py::object input, py::object runnin
   check_running_disjoint(running_mean, running_var, weight, bias, out, use_stats);
   const RunningUpdate run{as_running(running_mean, "running_mean", use_stats),
                           as_running(running_var, "running_var", use_stats), mom, propagate};
-  Saved saved(with_stats && use_stats, {call.ref.N, call.ref.C});
+  Saved saved(use_stats ? stats : StatsOut::none, {call.ref.N, call.ref.C});
   {
     NoGil nogil(call.x.size());
     normcpp::instance_norm(call.ref, run, w, b, use_stats, e, saved.view());
   }
-  if (with_stats && !use_stats) {
+  if (stats != StatsOut::none && !use_stats) {
     // The running statistics normalized every sample: broadcast them as the saved stats.
-    Saved bn(true, {call.ref.C});
+    Saved bn(stats, {call.ref.C});
     for (std::int64_t c = 0; c < call.ref.C; ++c) {
       bn.mean_ptr()[c] = run.mean.get(c);
       bn.invstd_ptr()[c] = 1.0 / std::sqrt(run.var.get(c) + e);
@@ -121,11 +121,11 @@ py::object instance_norm_py(bool with_stats, py::object input, py::object runnin
   return saved.result(call.result());
 }
 
-py::object group_norm_py(bool with_stats, py::object input, py::object num_groups, py::object weight,
+py::object group_norm_py(StatsOut stats, py::object input, py::object num_groups, py::object weight,
                          py::object bias, py::object eps, py::object out,
                          py::object activation) {
   const std::int64_t groups = as_int(num_groups, "num_groups");
-  const Activation act = as_activation(activation, with_stats);
+  const Activation act = as_activation(activation, stats);
   const double e = as_real(eps, "eps");
   NCSCall call = prepare_ncs(input, out, 2);
   if (groups <= 0 || call.ref.C % groups != 0)
@@ -136,7 +136,7 @@ py::object group_norm_py(bool with_stats, py::object input, py::object num_group
   check_disjoint(out, "out", bias, "bias");
   std::vector<py::array> keep;
   const ParamRef w = as_param(weight, "weight", keep), b = as_param(bias, "bias", keep);
-  Saved saved(with_stats, {call.ref.N, groups > 0 ? groups : 1});
+  Saved saved(stats, {call.ref.N, groups > 0 ? groups : 1});
   {
     NoGil nogil(call.x.size());
     normcpp::group_norm(call.ref, groups, w, b, e, saved.view(), act);
@@ -144,18 +144,18 @@ py::object group_norm_py(bool with_stats, py::object input, py::object num_group
   return saved.result(call.result());
 }
 
-py::object layer_norm_py(bool with_stats, py::object input, py::object normalized_shape, py::object weight,
+py::object layer_norm_py(StatsOut stats, py::object input, py::object normalized_shape, py::object weight,
                          py::object bias, py::object eps, py::object out,
                          py::object activation) {
   const double e = as_real(eps, "eps");
-  const Activation act = as_activation(activation, with_stats);
+  const Activation act = as_activation(activation, stats);
   RowsCall call = prepare_rows(input, normalized_shape, out);
   check_disjoint(out, "out", weight, "weight");
   check_disjoint(out, "out", bias, "bias");
   std::vector<py::array> keep;
   const ParamRef w = as_shaped_param(weight, "weight", call.norm_shape, keep);
   const ParamRef b = as_shaped_param(bias, "bias", call.norm_shape, keep);
-  Saved saved(with_stats, call.lead_shape());
+  Saved saved(stats, call.lead_shape());
   {
     NoGil nogil(call.x.size());
     normcpp::layer_norm(call.x.data(), call.y.mutable_data(), call.dtype, call.rows,
@@ -177,7 +177,7 @@ double default_rms_eps(DType dt) {
   return 2.220446049250313e-16;
 }
 
-py::object rms_norm_py(bool with_stats, py::object input, py::object normalized_shape, py::object weight,
+py::object rms_norm_py(StatsOut stats, py::object input, py::object normalized_shape, py::object weight,
                        py::object eps, py::object out) {
   const bool eps_given = !eps.is_none();
   const double e_given = eps_given ? as_real(eps, "eps") : 0.0;
@@ -186,7 +186,7 @@ py::object rms_norm_py(bool with_stats, py::object input, py::object normalized_
   const double e = eps_given ? e_given : default_rms_eps(call.dtype);
   std::vector<py::array> keep;
   const ParamRef w = as_shaped_param(weight, "weight", call.norm_shape, keep);
-  Saved saved(with_stats, call.lead_shape(), /*with_mean=*/false);
+  Saved saved(stats, call.lead_shape(), /*with_mean=*/false);
   {
     NoGil nogil(call.x.size());
     normcpp::rms_norm(call.x.data(), call.y.mutable_data(), call.dtype, call.rows, call.row_len,
@@ -195,16 +195,16 @@ py::object rms_norm_py(bool with_stats, py::object input, py::object normalized_
   return saved.result(call.result());
 }
 
-// Binds fn(with_stats, args...) as a Python function of args with with_stats fixed: a plain
+// Binds fn(stats, args...) as a Python function of args with stats fixed: a plain
 // CPython vectorcall function (METH_FASTCALL | METH_KEYWORDS) rather than a pybind11 one.
 // pybind11's dispatcher (overload records, argument loaders, a function_call per call) costs
 // ~1.9k instructions; these functions sit on the path of every tiny call (F.batch_norm on
 // (1,16,8,8) is ~13k in all). Every argument is required, by position or by name; errors
 // raised inside are translated as pybind11 does.
-template <auto Fn, bool WithStats, class Sig>
+template <auto Fn, StatsOut Stats, class Sig>
 struct Bind;
-template <auto Fn, bool WithStats, class... Args>
-struct Bind<Fn, WithStats, py::object (*)(bool, Args...)> {
+template <auto Fn, StatsOut Stats, class... Args>
+struct Bind<Fn, Stats, py::object (*)(StatsOut, Args...)> {
   static constexpr std::size_t kN = sizeof...(Args);
   static inline const char* names[kN] = {};
   static inline const char* qualname = nullptr;  // the function's name (lives for the process)
@@ -247,7 +247,7 @@ struct Bind<Fn, WithStats, py::object (*)(bool, Args...)> {
 
   template <std::size_t... I>
   static py::object invoke(PyObject** slot, std::index_sequence<I...>) {
-    return Fn(WithStats, py::reinterpret_borrow<py::object>(slot[I])...);
+    return Fn(Stats, py::reinterpret_borrow<py::object>(slot[I])...);
   }
 
   static PyObject* call(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
@@ -281,33 +281,38 @@ struct Bind<Fn, WithStats, py::object (*)(bool, Args...)> {
 };
 
 // `name` returns the output; `forward` (name + "_forward") also returns the statistics
-// backward needs. Both names are string literals: the function objects point at them for the
-// life of the process.
+// backward needs; `packed` (the modules' "_" + name + "_forward_packed") returns them in one
+// array. All names are string literals: the function objects point at them for the life of
+// the process.
 template <auto Fn>
-void def_forward(py::module_& m, const char* name, const char* forward,
+void def_forward(py::module_& m, const char* name, const char* forward, const char* packed,
                  std::initializer_list<const char*> args) {
-  Bind<Fn, false, decltype(Fn)>::def(m, name, args,
-                                     "See normcpp.functional (all arguments required).");
-  Bind<Fn, true, decltype(Fn)>::def(m, forward, args,
-                                    "See normcpp.functional (all arguments required).");
+  const char* doc = "See normcpp.functional (all arguments required).";
+  Bind<Fn, StatsOut::none, decltype(Fn)>::def(m, name, args, doc);
+  Bind<Fn, StatsOut::separate, decltype(Fn)>::def(m, forward, args, doc);
+  Bind<Fn, StatsOut::packed, decltype(Fn)>::def(
+      m, packed, args,
+      "As the *_forward function, returning (y, stats): stats[0] the mean (absent for "
+      "rms_norm), stats[-1] the invstd (internal: the modules' training step).");
 }
 
 }  // namespace
 
 void register_functional(py::module_& m) {
-  def_forward<&batch_norm_py>(m, "batch_norm", "batch_norm_forward",
+  def_forward<&batch_norm_py>(m, "batch_norm", "batch_norm_forward", "_batch_norm_forward_packed",
                               {"input", "running_mean", "running_var", "weight", "bias",
                                "training", "momentum", "eps", "out", "nonfinite", "activation"});
   def_forward<&instance_norm_py>(m, "instance_norm", "instance_norm_forward",
+                                 "_instance_norm_forward_packed",
                                  {"input", "running_mean", "running_var", "weight", "bias",
                                   "use_input_stats", "momentum", "eps", "out", "nonfinite"});
-  def_forward<&group_norm_py>(m, "group_norm", "group_norm_forward",
+  def_forward<&group_norm_py>(m, "group_norm", "group_norm_forward", "_group_norm_forward_packed",
                               {"input", "num_groups", "weight", "bias", "eps", "out",
                                "activation"});
-  def_forward<&layer_norm_py>(m, "layer_norm", "layer_norm_forward",
+  def_forward<&layer_norm_py>(m, "layer_norm", "layer_norm_forward", "_layer_norm_forward_packed",
                               {"input", "normalized_shape", "weight", "bias", "eps", "out",
                                "activation"});
-  def_forward<&rms_norm_py>(m, "rms_norm", "rms_norm_forward",
+  def_forward<&rms_norm_py>(m, "rms_norm", "rms_norm_forward", "_rms_norm_forward_packed",
                             {"input", "normalized_shape", "weight", "eps", "out"});
 }
 

@@ -18,6 +18,7 @@ __version__: str
 _Array: TypeAlias = np.ndarray
 _Shape: TypeAlias = int | Sequence[int]
 _NonFinite: TypeAlias = Literal["raise", "propagate"]
+_Activation: TypeAlias = Literal["relu", "relu6", "silu", "gelu"] | None
 _Grads: TypeAlias = tuple[_Array, _Array | None, _Array | None]
 
 # ---- forward ops ---------------------------------------------------------------------------
@@ -33,6 +34,7 @@ def batch_norm(
     eps: float,
     out: _Array | None,
     nonfinite: _NonFinite,
+    activation: _Activation,
 ) -> _Array:
     """BatchNorm over (N, C, *spatial); in training updates the running stats in place."""
 
@@ -57,6 +59,7 @@ def group_norm(
     bias: _Array | None,
     eps: float,
     out: _Array | None,
+    activation: _Activation,
 ) -> _Array:
     """GroupNorm over each (sample, group of channels) and the spatial dims."""
 
@@ -67,6 +70,7 @@ def layer_norm(
     bias: _Array | None,
     eps: float,
     out: _Array | None,
+    activation: _Activation,
 ) -> _Array:
     """LayerNorm over the trailing ``normalized_shape`` dims."""
 
@@ -92,6 +96,7 @@ def batch_norm_forward(
     eps: float,
     out: _Array | None,
     nonfinite: _NonFinite,
+    activation: _Activation,
 ) -> tuple[_Array, _Array, _Array]:
     """Output, save_mean (C,), save_invstd (C,)."""
 
@@ -116,6 +121,7 @@ def group_norm_forward(
     bias: _Array | None,
     eps: float,
     out: _Array | None,
+    activation: _Activation,
 ) -> tuple[_Array, _Array, _Array]:
     """Output, save_mean (N, G), save_invstd (N, G)."""
 
@@ -126,6 +132,7 @@ def layer_norm_forward(
     bias: _Array | None,
     eps: float,
     out: _Array | None,
+    activation: _Activation,
 ) -> tuple[_Array, _Array, _Array]:
     """Output, save_mean and save_invstd with the input's leading shape."""
 
@@ -137,6 +144,61 @@ def rms_norm_forward(
     out: _Array | None,
 ) -> tuple[_Array, _Array]:
     """Output and save_invrms = 1/sqrt(mean(x**2) + eps) per row."""
+
+# ---- the modules' training step: the *_forward statistics packed in one float64 array -------
+# (y, stats): stats[0] the save_mean and stats[1] the save_invstd (shape (2, *slots)); for
+# rms_norm stats[0] the save_invrms (shape (1, *rows)). One allocation instead of two.
+
+def _batch_norm_forward_packed(
+    input: _Array,
+    running_mean: _Array | None,
+    running_var: _Array | None,
+    weight: _Array | None,
+    bias: _Array | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    out: _Array | None,
+    nonfinite: _NonFinite,
+    activation: _Activation,
+) -> tuple[_Array, _Array]: ...
+def _instance_norm_forward_packed(
+    input: _Array,
+    running_mean: _Array | None,
+    running_var: _Array | None,
+    weight: _Array | None,
+    bias: _Array | None,
+    use_input_stats: bool,
+    momentum: float,
+    eps: float,
+    out: _Array | None,
+    nonfinite: _NonFinite,
+) -> tuple[_Array, _Array]: ...
+def _group_norm_forward_packed(
+    input: _Array,
+    num_groups: int,
+    weight: _Array | None,
+    bias: _Array | None,
+    eps: float,
+    out: _Array | None,
+    activation: _Activation,
+) -> tuple[_Array, _Array]: ...
+def _layer_norm_forward_packed(
+    input: _Array,
+    normalized_shape: _Shape,
+    weight: _Array | None,
+    bias: _Array | None,
+    eps: float,
+    out: _Array | None,
+    activation: _Activation,
+) -> tuple[_Array, _Array]: ...
+def _rms_norm_forward_packed(
+    input: _Array,
+    normalized_shape: _Shape,
+    weight: _Array | None,
+    eps: float | None,
+    out: _Array | None,
+) -> tuple[_Array, _Array]: ...
 
 # ---- backward: (grad_input, grad_weight, grad_bias); a gradient not asked for is None ------
 

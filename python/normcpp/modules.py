@@ -383,7 +383,17 @@ class Module:
     def _saved_state(self) -> _Saved | None:
         """What the last successful forward saved, or None."""
         saved = self._saved
-        return None if saved is None else _Saved._make(saved)
+        if saved is None:
+            return None
+        kind, input, stats, *rest = saved
+        if stats is None:
+            mean = invstd = None
+        elif isinstance(stats, tuple):
+            mean, invstd = stats
+        else:  # packed by a _*_forward_packed call: (mean, invstd) or (invstd,) rows
+            mean = stats[0, ...] if len(stats) == 2 else None
+            invstd = stats[-1, ...]
+        return _Saved(kind, input, mean, invstd, *rest)
 
     def _saved_for_backward(self, grad_output: Any) -> _Saved:
         """The saved forward state, after checking that ``grad_output`` fits it."""
@@ -425,21 +435,22 @@ class Module:
         self,
         kind: str,
         input: np.ndarray,
-        mean: np.ndarray | None,
-        invstd: np.ndarray,
+        stats: np.ndarray | tuple[np.ndarray, np.ndarray] | None,
         out: np.ndarray | None,
         *,
         caller_input: np.ndarray | None = None,
         extra: Any = None,
     ) -> None:
         """Remember a successful forward for :meth:`backward` (references only; positional:
-        this runs on every forward)."""
+        this runs on every forward). ``stats``: the packed float64 array of a
+        ``_core._*_forward_packed`` call (rows mean and invstd, or invstd alone), a
+        ``(mean, invstd)`` pair, or None (the frozen affine map reads the module's running
+        statistics at backward time)."""
         caller = input if caller_input is None else caller_input
         self._saved = (
             kind,
             input,
-            mean,
-            invstd,
+            stats,
             self.weight,
             self.bias is not None,
             caller,
@@ -951,37 +962,42 @@ class _BatchNorm(_NormBase):
         self._check_input(input)
         if self._recorder is not None:
             return self._forward_with_moments(input, out, _local_moments(input), update=False)
-        if self._uses_running_stats():
+        # (The mode tests of _uses_running_stats / _updates_running_stats, inlined: a method
+        # call costs about as much as a tiny BatchNorm's arithmetic.)
+        rm, rv = self.running_mean, self.running_var
+        tracked = rm is not None and rv is not None
+        if self._frozen or not (self.training or not tracked):
             # Eval or frozen: the per-channel affine map of the running statistics, the hot
             # path of inference (straight to the core, positional arguments). Its backward
             # reads the statistics from the module, sparing this forward two allocations.
-            result = _core.batch_norm(input, self.running_mean, self.running_var, self.weight,
-                                      self.bias, False, 0.0, self.eps, out, "raise", None)
-            self._save("affine", input, None, None, out)
+            result = _core.batch_norm(input, rm, rv, self.weight, self.bias, False, 0.0,
+                                      self.eps, out, "raise", None)
+            self._save("affine", input, None, out)
             return result
-        update = self._updates_running_stats()
-        if input.shape[0] * math.prod(input.shape[2:]) == 1:
-            raise ValueError(
-                "Expected more than 1 value per channel when training, got input of shape "
-                f"{input.shape}"
-            )
-        # (The core directly, all arguments positional: F.batch_norm_forward adds a frame.)
-        result, mean, invstd = _core.batch_norm_forward(
+        update = tracked and self.training and self.track_running_stats
+        momentum = self.momentum
+        if momentum is None:
+            momentum = self._momentum_factor()
+        # The core directly, all arguments positional (F.batch_norm_forward adds a frame); it
+        # raises for one value per channel, and returns mean and invstd packed in one array.
+        result, stats = _core._batch_norm_forward_packed(
             input,
-            self.running_mean if update else None,
-            self.running_var if update else None,
+            rm if update else None,
+            rv if update else None,
             self.weight,
             self.bias,
             True,
-            self._momentum_factor() if update else 0.0,
+            momentum if update else 0.0,
             self.eps,
             out,
             "raise",
             None,
         )
         if update:
-            self._count_batch()
-        self._save("batch", input, mean, invstd, out)
+            nbt = self.num_batches_tracked
+            if nbt is not None:
+                nbt[()] = nbt.item() + 1
+        self._save("batch", input, stats, out)
         return result
 
     def _forward_with_moments(
@@ -1012,7 +1028,7 @@ class _BatchNorm(_NormBase):
         elif update:
             self._update_running(mean, m2 / (n - 1))
         invstd = 1.0 / np.sqrt(var + self.eps)
-        self._save(kind, input, mean, invstd, out, extra=extra)
+        self._save(kind, input, (mean, invstd), out, extra=extra)
         return result
 
     def _record_batch(self, input: np.ndarray) -> None:
@@ -1174,28 +1190,23 @@ class _InstanceNorm(_NormBase):
         target = out
         if not batched and isinstance(out, np.ndarray):
             target = out[np.newaxis]
-        use_input_stats = self._batch_stats_mode()
-        if use_input_stats and math.prod(x.shape[2:]) == 1:
-            raise ValueError(
-                "Expected more than 1 spatial element when training, got input of shape "
-                f"{input.shape}"
-            )
         momentum = self.momentum if self.momentum is not None else 0.0
-        if use_input_stats:
-            result, mean, invstd = _core.instance_norm_forward(
+        if self._batch_stats_mode():
+            # (The core raises for a single spatial element.)
+            result, stats = _core._instance_norm_forward_packed(
                 x, self.running_mean, self.running_var, self.weight, self.bias, True,
                 momentum, self.eps, target, "raise",
             )
             kind = "instance"
-        else:  # eval with running statistics: a per-channel affine map
-            assert self.running_mean is not None and self.running_var is not None
-            result = F.instance_norm(
+        else:  # eval with running statistics: a per-channel affine map (its backward reads
+            # the running statistics, as BatchNorm's does)
+            result = _core.instance_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False,
-                momentum, self.eps, out=target,
+                momentum, self.eps, target, "raise",
             )
-            mean, invstd = _frozen_stats(self.running_mean, self.running_var, self.eps)
+            stats = None
             kind = "affine"
-        self._save(kind, x, mean, invstd, out, caller_input=input)
+        self._save(kind, x, stats, out, caller_input=input)
         if batched:
             return result
         return out if out is not None else result[0]
@@ -1206,7 +1217,8 @@ class _InstanceNorm(_NormBase):
         x = saved.input
         dy = grad_output if grad_output.ndim == x.ndim else grad_output[np.newaxis]
         if saved.kind == "affine":
-            dx, dw, db = F.batch_norm_backward(dy, x, saved.weight, saved.mean, saved.invstd,
+            mean, invstd = _frozen_stats(self.running_mean, self.running_var, self.eps)
+            dx, dw, db = F.batch_norm_backward(dy, x, saved.weight, mean, invstd,
                                                False, has_bias=saved.has_bias)
         else:
             dx, dw, db = F.instance_norm_backward(dy, x, saved.weight, saved.mean, saved.invstd,
@@ -1371,9 +1383,9 @@ class GroupNorm(Module):
                 f"GroupNorm expected input with num_channels={self.num_channels} channels at "
                 f"dim 1, got {input.shape[1]} (input shape {input.shape})"
             )
-        result, mean, invstd = _core.group_norm_forward(input, self.num_groups, self.weight,
-                                                        self.bias, self.eps, out, None)
-        self._save("group", input, mean, invstd, out)
+        result, stats = _core._group_norm_forward_packed(input, self.num_groups, self.weight,
+                                                         self.bias, self.eps, out, None)
+        self._save("group", input, stats, out)
         return result
 
     def _backward(
@@ -1463,10 +1475,10 @@ class LayerNorm(Module):
             Receives the result (same shape and dtype as ``input``); may be ``input``.
         """
         _check_trailing_shape(self, input, self.normalized_shape)
-        result, mean, invstd = _core.layer_norm_forward(input, self.normalized_shape,
-                                                        self.weight, self.bias, self.eps, out,
-                                                        None)
-        self._save("layer", input, mean, invstd, out)
+        result, stats = _core._layer_norm_forward_packed(input, self.normalized_shape,
+                                                         self.weight, self.bias, self.eps, out,
+                                                         None)
+        self._save("layer", input, stats, out)
         return result
 
     def _backward(
@@ -1541,9 +1553,9 @@ class RMSNorm(Module):
             Receives the result (same shape and dtype as ``input``); may be ``input``.
         """
         _check_trailing_shape(self, input, self.normalized_shape)
-        result, invrms = _core.rms_norm_forward(input, self.normalized_shape, self.weight,
-                                                self.eps, out)
-        self._save("rms", input, None, invrms, out)
+        result, stats = _core._rms_norm_forward_packed(input, self.normalized_shape,
+                                                       self.weight, self.eps, out)
+        self._save("rms", input, stats, out)
         return result
 
     def _backward(
