@@ -308,6 +308,7 @@ inline Moments block_moments(const T* x, i64 len) {
 
 template <class T>
 Moments run_moments(const T* x, i64 n) {
+  if (n <= kBlock) return block_moments(x, n);  // (merge(empty, m) is m: the same values)
   Moments acc;
   for (i64 b = 0; b < n; b += kBlock) acc = merge(acc, block_moments(x + b, imin(kBlock, n - b)));
   return acc;

@@ -64,6 +64,10 @@ inline i64 chunk_start(i64 E, i64 P, i64 j) {
 // f(offset, len) for each contiguous piece of elements [e0, e1) of slot s.
 template <class F>
 inline void for_pieces(const RunGeom& g, i64 s, i64 e0, i64 e1, F&& f) {
+  if (g.K == 1) {  // one run per slot: one piece (no divisions: a tiny slot's overhead)
+    if (e0 < e1) f(s * g.slot_stride + e0, e1 - e0);
+    return;
+  }
   while (e0 < e1) {
     const i64 k = e0 / g.L, off = e0 % g.L;
     const i64 len = (g.L - off < e1 - e0) ? g.L - off : e1 - e0;
@@ -85,6 +89,7 @@ struct SumMerge {
 
 template <class Merge, class Reduce>
 Moments reduce_range(const RunGeom& g, i64 s, i64 e0, i64 e1, Reduce& reduce) {
+  if (g.K == 1 && e0 < e1) return reduce(s, s * g.slot_stride + e0, e1 - e0);  // one piece
   Moments m;
   for_pieces(g, s, e0, e1, [&](i64 off, i64 len) { m = Merge{}(m, reduce(s, off, len)); });
   return m;
