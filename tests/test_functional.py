@@ -533,6 +533,31 @@ def test_channels_last_statistics_survive_an_unrepresentative_sample(channels):
     np.testing.assert_allclose(y, (x64 - mean64) / np.sqrt(m2_64 / nr + 1e-5), atol=1e-4)
 
 
+@pytest.mark.parametrize("length", [2, 9, 64, 200, 256])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_short_run_statistics_survive_an_outlier_first_element(length, dtype):
+    """Runs of <= 256 elements (the channels of small NCHW tensors) take one pass about
+    K = their first element when K is within sqrt(8) standard deviations of their mean. Here
+    the first element is an outlier (0 before 50 + N(0, 1)): the one-pass M2 would cancel up to
+    ~250x; the guard must fall back to the exact two passes. The other rows (first element
+    typical) take the one pass and must be as accurate."""
+    rng = np.random.default_rng(length)
+    x = 50.0 + rng.standard_normal((4, length))
+    x[0, 0] = 0.0  # outlier first element
+    x[1, 0] = 50.0  # a typical first element
+    x[2] = 7.25  # constant: mean exact, M2 exactly 0
+    x = x.astype(dtype)
+    n, mean, m2 = nc.batch_norm_stats(x.reshape(1, 4, length))  # one run per channel
+    x64 = x.astype(np.float64)
+    mean64 = x64.mean(axis=1)
+    m2_64 = ((x64 - mean64[:, None]) ** 2).sum(axis=1)
+    np.testing.assert_array_equal(n, length)
+    assert mean[2] == 7.25 and m2[2] == 0.0
+    keep = [0, 1, 3]
+    np.testing.assert_allclose(m2[keep], m2_64[keep], rtol=3e-6 if length > 2 else 1e-6)
+    np.testing.assert_allclose(mean, mean64, rtol=1e-7)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("op", ["instance_norm", "group_norm", "batch_norm"])
 def test_large_slots_in_several_rounds(op, layout):

@@ -15,7 +15,8 @@
 // nothing to cancellation: for 1e4 + N(0,1) data the variance error is ~1e-6 relative (a
 // naive float32 E[x^2] - E[x]^2 loses all digits). Constant data gives sum = 0, d = 0 exactly,
 // hence mean == the constant and M2 == 0 exactly. (Channels-last blocks long enough skip
-// pass 1 when a shift taken from 32 of their rows is close to their mean: see cl_moments.)
+// pass 1 when a shift taken from 32 of their rows is close to their mean: see cl_moments;
+// runs of <= kShortRun elements when their first element is: see short_moments.)
 // Results depend only on the block boundaries, never on threads. Measured: memory-bound (one
 // read per pass from L1 is ~4x faster than the DRAM read it replaces).
 #include <cmath>
@@ -306,8 +307,54 @@ inline Moments block_moments(const T* x, i64 len) {
   return {n, static_cast<double>(mb) + sd / n, dclamp0(sq - sd * sd / n)};
 }
 
+// A run this short (the slots of small tensors: a (1,16,8,8) BatchNorm channel is 64 elements)
+// is reduced in one pass when that is accurate: the per-slot dependency chain of two passes
+// (sum, horizontal add, divide, then the deviations) is most of a small slot's time.
+constexpr i64 kShortRun = 256;
+
+// Moments of x[0..len), 1 <= len <= kShortRun, in one pass about K = x[0]: S = sum(x - K),
+// Q = sum((x - K)^2), M2 = Q - S^2/len. Kept when 9 S^2 <= 8 len Q, i.e. K within sqrt(8)
+// standard deviations of the mean, so Q <= 9 M2 and the subtraction costs at most ~3 bits of
+// the float32 lane sums; otherwise (x[0] an outlier: Q/M2 can reach len + 1) the exact two
+// passes. Constant data gives S = Q = 0: mean == the constant, M2 == 0 exactly.
+template <class T>
+inline Moments short_moments(const T* x, i64 len) {
+  using Tr = VT<T>;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr i64 W = Tr::W;
+  const A k = Tr::to_a(x[0]);
+  const V kv = splat<V>(k);
+  V s0{}, s1{}, q0{}, q1{};
+  i64 i = 0;
+  for (; i + 2 * W <= len; i += 2 * W) {
+    const V a = Tr::load(x + i) - kv, b = Tr::load(x + i + W) - kv;
+    s0 += a;
+    q0 += a * a;
+    s1 += b;
+    q1 += b * b;
+  }
+  if (i + W <= len) {
+    const V a = Tr::load(x + i) - kv;
+    s0 += a;
+    q0 += a * a;
+    i += W;
+  }
+  double s = hsum(s0 + s1), q = hsum(q0 + q1);
+  for (; i < len; ++i) {
+    const A d = Tr::to_a(x[i]) - k;
+    s += static_cast<double>(d);
+    q += static_cast<double>(d * d);
+  }
+  const double n = static_cast<double>(len);
+  if (9.0 * s * s > 8.0 * n * q) return block_moments(x, len);
+  return {n, static_cast<double>(k) + s / n, dclamp0(q - s * s / n)};
+}
+
 template <class T>
 Moments run_moments(const T* x, i64 n) {
+  if (n < 1) return Moments{};
+  if (n <= kShortRun) return short_moments(x, n);
   if (n <= kBlock) return block_moments(x, n);  // (merge(empty, m) is m: the same values)
   Moments acc;
   for (i64 b = 0; b < n; b += kBlock) acc = merge(acc, block_moments(x + b, imin(kBlock, n - b)));

@@ -445,7 +445,8 @@ class Module:
         this runs on every forward). ``stats``: the packed float64 array of a
         ``_core._*_forward_packed`` call (rows mean and invstd, or invstd alone), a
         ``(mean, invstd)`` pair, or None (the frozen affine map reads the module's running
-        statistics at backward time)."""
+        statistics at backward time). (BatchNorm's training step builds the same tuple
+        inline: keep the two in step.)"""
         caller = input if caller_input is None else caller_input
         self._saved = (
             kind,
@@ -959,7 +960,11 @@ class _BatchNorm(_NormBase):
         ndarray
             Same shape, dtype and memory layout as ``input``.
         """
-        self._check_input(input)
+        # The common case checked inline (a method call costs as much as the check); anything
+        # else goes to _check_input, which raises with the full message or accepts it.
+        if (type(input) is not np.ndarray or input.ndim not in self._channel_dim
+                or input.shape[1] != self.num_features):
+            self._check_input(input)
         if self._recorder is not None:
             return self._forward_with_moments(input, out, _local_moments(input), update=False)
         # (The mode tests of _uses_running_stats / _updates_running_stats, inlined: a method
@@ -997,7 +1002,10 @@ class _BatchNorm(_NormBase):
             nbt = self.num_batches_tracked
             if nbt is not None:
                 nbt[()] = nbt.item() + 1
-        self._save("batch", input, stats, out)
+        # What _save("batch", input, stats, out) stores, built inline (the training step's
+        # last method call).
+        self._saved = ("batch", input, stats, self.weight, self.bias is not None, input,
+                       out is not None and _overlaps(out, input), None)
         return result
 
     def _forward_with_moments(
