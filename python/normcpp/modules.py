@@ -1370,15 +1370,9 @@ class GroupNorm(Module):
             f"bias={self.bias is not None}"
         )
 
-    def forward(self, input: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
-        """Normalize each (sample, group) of ``input`` (N, C, *).
-
-        Parameters
-        ----------
-        input : ndarray of float16, float32 or float64
-        out : ndarray, optional
-            Receives the result (same shape and dtype as ``input``); may be ``input``.
-        """
+    def _check_input(self, input: Any) -> None:
+        """Type, rank and (with weight or bias) channel count of ``input``. (Run before the
+        core only for a non-ndarray, and after it raised: the core checks the same things.)"""
         _check_ndarray(input)
         if input.ndim < 2:
             raise ValueError(
@@ -1391,8 +1385,24 @@ class GroupNorm(Module):
                 f"GroupNorm expected input with num_channels={self.num_channels} channels at "
                 f"dim 1, got {input.shape[1]} (input shape {input.shape})"
             )
-        result, stats = _core._group_norm_forward_packed(input, self.num_groups, self.weight,
-                                                         self.bias, self.eps, out, None)
+
+    def forward(self, input: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalize each (sample, group) of ``input`` (N, C, *).
+
+        Parameters
+        ----------
+        input : ndarray of float16, float32 or float64
+        out : ndarray, optional
+            Receives the result (same shape and dtype as ``input``); may be ``input``.
+        """
+        if type(input) is not np.ndarray:
+            self._check_input(input)
+        try:
+            result, stats = _core._group_norm_forward_packed(input, self.num_groups, self.weight,
+                                                             self.bias, self.eps, out, None)
+        except ValueError:
+            self._check_input(input)  # the module's own message where it has one
+            raise
         self._save("group", input, stats, out)
         return result
 
@@ -1482,10 +1492,17 @@ class LayerNorm(Module):
         out : ndarray, optional
             Receives the result (same shape and dtype as ``input``); may be ``input``.
         """
-        _check_trailing_shape(self, input, self.normalized_shape)
-        result, stats = _core._layer_norm_forward_packed(input, self.normalized_shape,
-                                                         self.weight, self.bias, self.eps, out,
-                                                         None)
+        # The core checks the shapes too: the module's message is produced only for a
+        # non-ndarray and after the core raised (no cost on the success path).
+        if type(input) is not np.ndarray:
+            _check_trailing_shape(self, input, self.normalized_shape)
+        try:
+            result, stats = _core._layer_norm_forward_packed(input, self.normalized_shape,
+                                                             self.weight, self.bias, self.eps, out,
+                                                             None)
+        except ValueError:
+            _check_trailing_shape(self, input, self.normalized_shape)
+            raise
         self._save("layer", input, stats, out)
         return result
 
@@ -1560,9 +1577,16 @@ class RMSNorm(Module):
         out : ndarray, optional
             Receives the result (same shape and dtype as ``input``); may be ``input``.
         """
-        _check_trailing_shape(self, input, self.normalized_shape)
-        result, stats = _core._rms_norm_forward_packed(input, self.normalized_shape,
-                                                       self.weight, self.eps, out)
+        # The core checks the shapes too: the module's message is produced only for a
+        # non-ndarray and after the core raised (no cost on the success path).
+        if type(input) is not np.ndarray:
+            _check_trailing_shape(self, input, self.normalized_shape)
+        try:
+            result, stats = _core._rms_norm_forward_packed(input, self.normalized_shape,
+                                                           self.weight, self.eps, out)
+        except ValueError:
+            _check_trailing_shape(self, input, self.normalized_shape)
+            raise
         self._save("rms", input, stats, out)
         return result
 
