@@ -460,10 +460,13 @@ def test_wrong_rank_message():
         nc.GroupNorm(1, 3)(np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="num_channels=3"):
         nc.GroupNorm(1, 3)(np.zeros((2, 6), np.float32))
-    with pytest.raises(ValueError, match="normalized_shape"):
+    with pytest.raises(ValueError, match=r"LayerNorm expected input whose trailing dims equal "
+                                         r"normalized_shape=\(3, 4\)"):
         nc.LayerNorm((3, 4))(np.zeros((2, 4, 3), np.float32))
-    with pytest.raises(ValueError, match="normalized_shape"):
+    with pytest.raises(ValueError, match=r"RMSNorm expected .* got input of shape \(4,\)"):
         nc.RMSNorm((3, 4))(np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="GroupNorm expected input with num_channels=4"):
+        nc.GroupNorm(2, 4)(np.zeros((2, 6, 3), np.float32))  # divisible, but not 4 channels
     with pytest.raises(TypeError, match="input"):
         nc.LayerNorm(3)([1.0, 2.0, 3.0])
 
