@@ -1,6 +1,5 @@
-"""Streaming (non-temporal) stores: outputs at or above ``get_stream_threshold()`` bytes per
-thread are written past the caches. The values must be bitwise those of plain stores, whatever
-the output's
+"""Streaming (non-temporal) stores: outputs at or above ``get_stream_threshold()`` bytes are
+written past the caches. The values must be bitwise those of plain stores, whatever the output's
 alignment (a streamed row starts and ends with lanes of the same vector arithmetic), in place
 too, and for every kernel that streams: the NCHW apply (batch/instance/group norm), the
 channels-last apply, the row apply (layer/rms norm, with activations) and the backward

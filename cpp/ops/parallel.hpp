@@ -18,24 +18,17 @@ namespace ops {
 constexpr std::int64_t kMinWorkPerThread = 32768;
 
 int configured_threads();
-// Output bytes per thread from which the apply kernels stream their stores
-// (set_stream_threshold).
+// Output bytes from which the apply kernels stream their stores (set_stream_threshold).
 std::int64_t stream_threshold();
-// Whether an output of `elems` elements of T is written with streaming stores: when its share
-// per configured thread reaches stream_threshold(). Per thread because each core's share of
-// the cache is what the plain stores' lines compete for: on the 2-core development VM a 6.4 MB
-// output streams faster at 1 thread (plain stores 1.7-2.2x slower) but slower at 2 (plain
-// 0.69-0.94x the time, batch/group/instance norm and RMSNorm forward), while at 12.8 MB
-// streaming wins at both (plain 1.4-3x slower at 2 threads). Never over an input (in place,
-// out == x or dx == dy): its lines were just read into the cache, and a streaming store to a
-// cached line evicts it -- measured 1.2-4x slower than plain stores (BatchNorm eval in place
-// on (8,256,28,28): 210 us plain, 930 us streamed).
+// Whether an output of `elems` elements of T is written with streaming stores. Never over an
+// input (in place, out == x or dx == dy): its lines were just read into the cache, and a
+// streaming store to a cached line evicts it -- measured 1.2-4x slower than plain stores
+// (BatchNorm eval in place on (8,256,28,28): 210 us plain, 930 us streamed).
 template <class T>
 inline bool stream_output(std::int64_t elems, const void* out, const void* in1,
                           const void* in2 = nullptr) {
   return out != in1 && out != in2 &&
-         elems * static_cast<std::int64_t>(sizeof(T)) / configured_threads() >=
-             stream_threshold();
+         elems * static_cast<std::int64_t>(sizeof(T)) >= stream_threshold();
 }
 
 // Threads to use for `work` elements spread over `items` independent items.

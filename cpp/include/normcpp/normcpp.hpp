@@ -147,13 +147,12 @@ void set_num_threads(int n);
 int get_num_threads();
 bool has_openmp();
 
-// Outputs of at least this many bytes per thread (the threshold times get_num_threads()) are
-// written with non-temporal (streaming) stores, which bypass the caches: no read-for-ownership
-// of each output line, and the inputs keep the cache. The values are bitwise the same either
-// way; an output written over an input (in place) is never streamed. Default: an eighth of
-// the last-level cache within [2, 4] MiB (4 MiB where the cache size is unknown), or
-// NORMCPP_STREAM_BYTES from the environment. A negative value restores the default; 0 streams
-// every output.
+// Outputs of at least this many bytes are written with non-temporal (streaming) stores, which
+// bypass the caches: no read-for-ownership of each output line, and the inputs keep the cache.
+// The values are bitwise the same either way; an output written over an input (in place) is
+// never streamed. Default: an eighth of the last-level cache within [2, 4] MiB (4 MiB where
+// the cache size is unknown), or NORMCPP_STREAM_BYTES from the environment. A negative value
+// restores the default; 0 streams every output.
 void set_stream_threshold(std::int64_t bytes);
 std::int64_t get_stream_threshold();
 
