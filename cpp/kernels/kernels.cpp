@@ -348,7 +348,9 @@ inline Moments short_moments(const T* x, i64 len) {
   }
   const double n = static_cast<double>(len);
   if (9.0 * s * s > 8.0 * n * q) return block_moments(x, len);
-  return {n, static_cast<double>(k) + s / n, dclamp0(q - s * s / n)};
+  const double rn = 1.0 / n;  // off the dependency chain: len is known before the sums
+  const double sm = s * rn;
+  return {n, static_cast<double>(k) + sm, dclamp0(q - s * sm)};
 }
 
 template <class T>
