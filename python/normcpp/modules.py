@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Union
 
 import numpy as np
@@ -1401,7 +1401,7 @@ class GroupNorm(Module):
             result, stats = _core._group_norm_forward_packed(input, self.num_groups, self.weight,
                                                              self.bias, self.eps, out, None)
         except ValueError:
-            self._check_input(input)  # the module's own message where it has one
+            _own_error(self._check_input, input)  # the module's own message where it has one
             raise
         self._save("group", input, stats, out)
         return result
@@ -1411,6 +1411,16 @@ class GroupNorm(Module):
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         return F.group_norm_backward(grad_output, saved.input, self.num_groups, saved.weight,
                                      saved.mean, saved.invstd, has_bias=saved.has_bias)
+
+
+def _own_error(check: Callable[..., None], *args: Any) -> None:
+    """While the core's ValueError is handled: run the module's own input ``check``; its error,
+    if any, replaces the core's (raised without the core's as context, so the traceback shows
+    one message)."""
+    try:
+        check(*args)
+    except (TypeError, ValueError) as own:
+        raise own from None
 
 
 def _check_trailing_shape(module: Module, input: Any, normalized_shape: tuple[int, ...]) -> None:
@@ -1501,7 +1511,7 @@ class LayerNorm(Module):
                                                              self.weight, self.bias, self.eps, out,
                                                              None)
         except ValueError:
-            _check_trailing_shape(self, input, self.normalized_shape)
+            _own_error(_check_trailing_shape, self, input, self.normalized_shape)
             raise
         self._save("layer", input, stats, out)
         return result
@@ -1585,7 +1595,7 @@ class RMSNorm(Module):
             result, stats = _core._rms_norm_forward_packed(input, self.normalized_shape,
                                                            self.weight, self.eps, out)
         except ValueError:
-            _check_trailing_shape(self, input, self.normalized_shape)
+            _own_error(_check_trailing_shape, self, input, self.normalized_shape)
             raise
         self._save("rms", input, stats, out)
         return result
