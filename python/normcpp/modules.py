@@ -388,9 +388,7 @@ class Module:
         kind, input, stats, *rest = saved
         if stats is None:
             mean = invstd = None
-        elif isinstance(stats, tuple):
-            mean, invstd = stats
-        else:  # packed by a _*_forward_packed call: (mean, invstd) or (invstd,) rows
+        else:  # packed rows (mean, invstd), or (invstd,) for RMSNorm
             mean = stats[0, ...] if len(stats) == 2 else None
             invstd = stats[-1, ...]
         return _Saved(kind, input, mean, invstd, *rest)
@@ -435,17 +433,16 @@ class Module:
         self,
         kind: str,
         input: np.ndarray,
-        stats: np.ndarray | tuple[np.ndarray, np.ndarray] | None,
+        stats: np.ndarray | None,
         out: np.ndarray | None,
         *,
         caller_input: np.ndarray | None = None,
         extra: Any = None,
     ) -> None:
         """Remember a successful forward for :meth:`backward` (references only; positional:
-        this runs on every forward). ``stats``: the packed float64 array of a
-        ``_core._*_forward_packed`` call (rows mean and invstd, or invstd alone), a
-        ``(mean, invstd)`` pair, or None (the frozen affine map reads the module's running
-        statistics at backward time). (BatchNorm's training step builds the same tuple
+        this runs on every forward). ``stats``: float64 rows (mean, invstd), or (invstd,)
+        for RMSNorm, as a ``_core._*_forward_packed`` call returns them; or None (the frozen
+        affine map reads the module's running statistics at backward time). (BatchNorm's training step builds the same tuple
         inline: keep the two in step.)"""
         caller = input if caller_input is None else caller_input
         self._saved = (
@@ -1036,7 +1033,7 @@ class _BatchNorm(_NormBase):
         elif update:
             self._update_running(mean, m2 / (n - 1))
         invstd = 1.0 / np.sqrt(var + self.eps)
-        self._save(kind, input, (mean, invstd), out, extra=extra)
+        self._save(kind, input, np.stack((mean, invstd)), out, extra=extra)
         return result
 
     def _record_batch(self, input: np.ndarray) -> None:
