@@ -24,8 +24,13 @@ Every cell runs on the same arrays for every implementation:
 
 For each cell: the median time in microseconds (adaptive repeats: warm-up, then repeat until
 ``--min-time`` seconds or at least ``--min-repeats`` repeats; tiny calls are batched so the
-timer overhead is negligible), ``speedup = fastest peer / normcpp`` (peers: torch and
-onnxruntime; NumPy only when neither produced a verified time), and
+timer overhead is negligible). normcpp, torch, ONNX Runtime and the copy of a cell are timed
+together, interleaved in turns of about ``--min-time``/8 seconds (one untimed call opens
+each turn; with several threads a pause after each turn, 0.1 s after ONNX Runtime's, lets
+the previous contender's spinning thread pool go idle), so a machine whose speed drifts
+during the cell slows all of them alike; NumPy, the slow one, is timed on its own once per
+case. Then ``speedup = fastest peer / normcpp``
+(peers: torch and onnxruntime; NumPy only when neither produced a verified time), and
 ``ratio = normcpp / copy``. Each normcpp result (and each peer's) is checked once per cell
 against a float64 NumPy reference, so a fast but wrong kernel cannot win: a wrong normcpp cell
 is marked WRONG, gets no speedup and makes the script exit with status 1.
@@ -1057,6 +1062,68 @@ def measure(fn: Callable[[], Any], min_time: float, min_repeats: int,
                   float(np.percentile(a, 75)), len(times), number)
 
 
+def measure_interleaved(fns: dict[str, Callable[[], Any]], min_time: float, min_repeats: int,
+                        pause: float = 0.0, pause_after: dict[str, float] | None = None,
+                        rounds: int = 8) -> dict[str, Timing]:
+    """``measure`` for several callables at once, interleaved: each takes a turn of about
+    ``min_time / rounds`` seconds (one untimed call, then timed batches) until each has had
+    ``min_time`` seconds and ``min_repeats`` repeats. A machine whose speed drifts (a shared VM
+    that flips between a fast and a slow state for seconds at a time) then slows every
+    contender alike, instead of whichever happened to be timed in the slow moment. ``pause``
+    seconds of sleep after each turn (``pause_after[name]`` after ``name``'s) let a thread pool
+    that spins after its work (OpenMP, ONNX Runtime) go idle so it does not steal the next
+    contender's cores."""
+    pc = time.perf_counter
+    number: dict[str, int] = {}
+    per_turn: dict[str, int] = {}
+    for name, fn in fns.items():
+        t0 = pc()
+        fn()
+        t1 = pc()
+        fn()
+        one = max(min(t1 - t0, pc() - t1), 1e-8)
+        if one < 2e-4:
+            k = max(1, int(2e-4 / one))
+            t = pc()
+            for _ in range(k):
+                fn()
+            one = max((pc() - t) / k, 1e-8)
+        number[name] = max(1, math.ceil(2e-4 / one))
+        batch = one * number[name]
+        per_turn[name] = max(1, min(int(min_time / rounds / batch), 1000))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    spent = dict.fromkeys(fns, 0.0)
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(1000 * rounds):
+            todo = [n for n in fns if spent[n] < min_time or len(times[n]) < min_repeats]
+            if not todo:
+                break
+            for name in todo:
+                fn, rng = fns[name], range(number[name])
+                fn()  # caches and thread pools: as the previous turn left them, not as ours
+                start = pc()
+                for _ in range(per_turn[name]):
+                    t = pc()
+                    for _ in rng:
+                        fn()
+                    times[name].append((pc() - t) / number[name])
+                spent[name] += pc() - start
+                wait = (pause_after or {}).get(name, pause)
+                if wait:
+                    time.sleep(wait)
+    finally:
+        if gc_was:
+            gc.enable()
+    out = {}
+    for name, ts in times.items():
+        a = np.array(ts) * 1e6
+        out[name] = Timing(float(np.median(a)), float(a.min()), float(np.percentile(a, 25)),
+                           float(np.percentile(a, 75)), len(ts), number[name])
+    return out
+
+
 class SplitCopy:
     """``np.copyto`` of ``src`` into ``dst`` split over ``threads`` Python threads (NumPy
     releases the GIL for large copies): the roofline for multi-threaded cells."""
@@ -1300,7 +1367,7 @@ def run_case(case: Case, threads_list: Sequence[int], args) -> list[dict[str, An
             nc_want = alt
 
     rows: list[dict[str, Any]] = []
-    shared: dict[str, Any] = {}  # thread-independent timings: numpy, 1-thread copy
+    shared: dict[str, Any] = {}  # thread-independent: the NumPy timing and its verdict
     nc_first_out = None
     model = None
     model_err = None
@@ -1319,25 +1386,22 @@ def run_case(case: Case, threads_list: Sequence[int], args) -> list[dict[str, An
         }
         times, verify = row["times"], row["verify"]
 
+        # Every contender is verified first, then all are timed together, interleaved
+        # (measure_interleaved), so a drift of the machine's speed hits them alike.
+        timers: dict[str, Callable[[], Any]] = {}
+        closers: list[Callable[[], Any]] = []
+
         # -- copy roofline --------------------------------------------------------------
         csrc = spec.copy_of(d) if spec.copy_of else base
         dst = np.empty_like(csrc)
-        if "copy_1t" not in shared:
-            shared["copy_1t"] = mt(functools.partial(np.copyto, dst, csrc))
-        times["copy_1t"] = shared["copy_1t"].as_dict()
-        copy_us = shared["copy_1t"].median_us
+        timers["copy_1t"] = functools.partial(np.copyto, dst, csrc)
         if t > 1 and csrc.nbytes >= (1 << 20):
             sc = SplitCopy(dst, csrc, t)
-            try:
-                tm = mt(sc)
-            finally:
-                sc.close()
-            times["copy_mt"] = tm.as_dict()
-            copy_us = min(copy_us, tm.median_us)
-        row["copy_us"] = copy_us
-        del dst, csrc
+            closers.append(sc.close)
+            timers["copy_mt"] = sc
 
         # -- normcpp --------------------------------------------------------------------
+        out = None
         if nc is None:
             verify["normcpp"] = f"not importable: {NC_IMPORT_ERROR}"
         else:
@@ -1364,27 +1428,22 @@ def run_case(case: Case, threads_list: Sequence[int], args) -> list[dict[str, An
                         row["bitwise_across_threads"] = True
                 verify["normcpp"] = err or "ok"
                 del y
-                times["normcpp"] = mt(spec.normcpp(d, None)).as_dict()
-                out = None
+                timers["normcpp"] = spec.normcpp(d, None)
                 if spec.has_out:
-                    out = spec.out_like(d) if spec.out_like else np.empty_like(x)
-                try:
-                    if out is not None:
-                        times["normcpp_out"] = mt(spec.normcpp(d, out)).as_dict()
-                        # y depends only on x and the (batch or frozen) statistics, so the last
-                        # out= result must still match the reference
-                        err_out = check_close(out, nc_want, rdt, "normcpp", nc_tol)
-                        if err_out is not None and verify["normcpp"] == "ok":
-                            verify["normcpp"] = "out=: " + err_out
-                except Exception as exc:
-                    row["notes"].append(f"normcpp out=: {_short_err(exc)}")
-                del out
+                    try:
+                        out = spec.out_like(d) if spec.out_like else np.empty_like(x)
+                        fn = spec.normcpp(d, out)
+                        fn()
+                        timers["normcpp_out"] = fn
+                    except Exception as exc:
+                        out = None
+                        row["notes"].append(f"normcpp out=: {_short_err(exc)}")
             except Exception as exc:
                 verify["normcpp"] = _short_err(exc)
                 if args.traceback:
                     traceback.print_exc()
 
-        # -- numpy (single-threaded: timed once per case) -------------------------------
+        # -- numpy (single-threaded: timed once per case, on its own: it is the slow one) -
         if "numpy" not in shared:
             ct = np.float32 if rdt in ("float16", "float32") else np.float64
 
@@ -1401,38 +1460,62 @@ def run_case(case: Case, threads_list: Sequence[int], args) -> list[dict[str, An
         verify["numpy"] = shared["numpy_verify"]
 
         # -- torch ----------------------------------------------------------------------
+        # autograd rows call .backward(): no inference mode for them
+        tmode = (torch.inference_mode() if torch is not None and not spec.autograd
+                 else contextlib.nullcontext())
         if torch is not None:
             try:
                 fn = torch_callable(spec, d)
                 if fn is None:
                     verify["torch"] = "n/a"
                 else:
-                    # autograd rows call .backward(): no inference mode for them
-                    with (contextlib.nullcontext() if spec.autograd else torch.inference_mode()):
+                    with tmode:
                         verify["torch"] = check_close(fn().numpy(), ref, rdt, "peer") or "ok"
-                        times["torch"] = mt(fn).as_dict()
+                    timers["torch"] = fn
             except Exception as exc:
                 verify["torch"] = _short_err(exc)
 
-        # -- onnxruntime (last: its spinning pool must not disturb the others) ----------
+        # -- onnxruntime ----------------------------------------------------------------
+        sess = None
         if ort is not None:
             if model is None:
                 verify["onnxruntime"] = model_err or "n/a"
             else:
-                sess = None
                 try:
                     sess = ort_session(model, t)
-                    feed = {"X": d.x_nchw}
-                    fn = functools.partial(sess.run, ["Y"], feed)
+                    fn = functools.partial(sess.run, ["Y"], {"X": d.x_nchw})
                     verify["onnxruntime"] = check_close(fn()[0], ref, rdt, "peer") or "ok"
-                    times["onnxruntime"] = mt(fn).as_dict()
+                    timers["onnxruntime"] = fn
                     if case.layout == "nhwc":
                         row["ort_input"] = "nchw-copy"
                 except Exception as exc:
                     verify["onnxruntime"] = _short_err(exc)
-                finally:
-                    fn = feed = sess = None  # drop the session: its spinning pool must go
-                    time.sleep(0.005)
+
+        # -- timing: all together, interleaved ------------------------------------------
+        try:
+            with tmode:
+                # with several threads: OpenMP pools spin ~ms after a parallel region, ONNX
+                # Runtime's for 50-70 ms after a run (measured here: normcpp 2-thread
+                # rms_norm (1,128,4096) took 810 us within 30 ms of an ORT run, 90-100 us
+                # after 70-100 ms)
+                got = measure_interleaved(
+                    timers, args.min_time, args.min_repeats, pause=0.005 if t > 1 else 0.0,
+                    pause_after={"onnxruntime": 0.1} if t > 1 else None)
+        finally:
+            for close in closers:
+                close()
+            timers = fn = sess = None  # drop the ORT session: its spinning pool must go
+            time.sleep(0.005)
+        for name, tm in got.items():
+            times[name] = tm.as_dict()
+        row["copy_us"] = min(times[k]["median_us"] for k in ("copy_1t", "copy_mt") if k in times)
+        if out is not None and "normcpp_out" in times:
+            # y depends only on x and the (batch or frozen) statistics, so the last out=
+            # result must still match the reference
+            err_out = check_close(out, nc_want, rdt, "normcpp", nc_tol)
+            if err_out is not None and verify["normcpp"] == "ok":
+                verify["normcpp"] = "out=: " + err_out
+        del out, dst, csrc
 
         finish_row(row)
         rows.append(row)
@@ -1628,9 +1711,7 @@ def tiny_module_calls(args) -> dict[str, dict[str, float | None]]:
         }
         for name, (make_nc, make_torch) in makers.items():
             m = make_nc()
-            res: dict[str, float | None] = {
-                "normcpp": measure(lambda m=m: m(x), args.min_time, args.min_repeats).median_us}
-            res["torch"] = None
+            fns: dict[str, Callable[[], Any]] = {"normcpp": lambda m=m: m(x)}
             if torch is not None:
                 tm = make_torch()
                 xt = torch.from_numpy(x)
@@ -1639,8 +1720,9 @@ def tiny_module_calls(args) -> dict[str, dict[str, float | None]]:
                     with torch.no_grad():
                         return tm(xt)
 
-                res["torch"] = measure(call_torch, args.min_time, args.min_repeats).median_us
-            out[name] = res
+                fns["torch"] = call_torch
+            got = measure_interleaved(fns, args.min_time, args.min_repeats)
+            out[name] = {k: (got[k].median_us if k in got else None) for k in ("normcpp", "torch")}
     finally:
         nc.set_num_threads(old_nc)
         if torch is not None:
