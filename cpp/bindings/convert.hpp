@@ -46,6 +46,12 @@ class NoGil {
 // ValueError naming both if arrays a and b (None or non-arrays are skipped) share memory.
 void check_disjoint(py::handle a, const char* a_name, py::handle b, const char* b_name);
 
+// Bytes of freed output buffers kept for reuse by later outputs of >= 1 MiB (convert.cpp):
+// set (< 0: the default, NORMCPP_OUTPUT_CACHE_BYTES or 64 MiB; 0: off), get, and held now.
+void set_output_cache_bytes(std::int64_t bytes);
+std::int64_t get_output_cache_bytes();
+std::int64_t output_cache_held_bytes();
+
 std::string type_name(py::handle h);
 std::string shape_str(const py::array& a);
 

@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "bindings/convert.hpp"
 #include "normcpp/normcpp.hpp"
 
 namespace py = pybind11;
@@ -17,6 +18,10 @@ void register_config(py::module_& m) {
   // Streaming-store threshold in bytes (tests and tuning; NORMCPP_STREAM_BYTES sets it too).
   m.def("set_stream_threshold", &normcpp::set_stream_threshold, py::arg("bytes"));
   m.def("get_stream_threshold", &normcpp::get_stream_threshold);
+  // Reuse of freed output buffers (tests and tuning; NORMCPP_OUTPUT_CACHE_BYTES sets it too).
+  m.def("set_output_cache_bytes", &set_output_cache_bytes, py::arg("bytes"));
+  m.def("get_output_cache_bytes", &get_output_cache_bytes);
+  m.def("output_cache_held_bytes", &output_cache_held_bytes);
   m.def("compiled_isas", &normcpp::compiled_isas);
   m.def("supported_isas", &normcpp::supported_isas);
   m.def("selected_isa", &normcpp::selected_isa);
