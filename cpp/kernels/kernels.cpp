@@ -775,7 +775,7 @@ struct RowVec<16> {
 
 template <int Lc>
 void short_rows_f32(const float* x, float* y, i64 rows, const float* Wt, const float* Bs,
-                    double eps, bool rms, double* mean, double* var) {
+                    double eps, bool rms, double* mean, double* invstd) {
   using VL = typename RowVec<Lc>::V;
   using VLu = typename RowVec<Lc>::U;
   const auto ld = [](const float* p) { return *reinterpret_cast<const VLu*>(p); };
@@ -799,10 +799,14 @@ void short_rows_f32(const float* x, float* y, i64 rows, const float* Wt, const f
         q = static_cast<double>(lane_sum(v * v)) * invL;
       }
       mean[r0 + r] = m;
-      var[r0 + r] = q;
+      invstd[r0 + r] = q;  // the variance until the next loop
       ma[r] = static_cast<float>(m);
     }
-    for (i64 r = 0; r < g; ++r) ia[r] = static_cast<float>(1.0 / std::sqrt(var[r0 + r] + eps));
+    for (i64 r = 0; r < g; ++r) {
+      const double is = 1.0 / std::sqrt(invstd[r0 + r] + eps);
+      invstd[r0 + r] = is;
+      ia[r] = static_cast<float>(is);
+    }
     float* yg = y + r0 * Lc;
     for (i64 r = 0; r < g; ++r)
       *reinterpret_cast<VLu*>(yg + r * Lc) = (ld(xg + r * Lc) - ma[r]) * ia[r] * w + b;
@@ -812,15 +816,15 @@ void short_rows_f32(const float* x, float* y, i64 rows, const float* Wt, const f
 // Rows of L <= 16 elements: handled here (true) for float32 with L = 4, 8 or 16.
 template <class T>
 bool short_rows(const T* x, T* y, i64 rows, i64 L, const typename VT<T>::A* Wt,
-                const typename VT<T>::A* Bs, double eps, bool rms, double* mean, double* var) {
+                const typename VT<T>::A* Bs, double eps, bool rms, double* mean, double* invstd) {
   if constexpr (std::is_same_v<T, float>) {
     switch (L) {
       case 4:
-        return short_rows_f32<4>(x, y, rows, Wt, Bs, eps, rms, mean, var), true;
+        return short_rows_f32<4>(x, y, rows, Wt, Bs, eps, rms, mean, invstd), true;
       case 8:
-        return short_rows_f32<8>(x, y, rows, Wt, Bs, eps, rms, mean, var), true;
+        return short_rows_f32<8>(x, y, rows, Wt, Bs, eps, rms, mean, invstd), true;
       case 16:
-        return short_rows_f32<16>(x, y, rows, Wt, Bs, eps, rms, mean, var), true;
+        return short_rows_f32<16>(x, y, rows, Wt, Bs, eps, rms, mean, invstd), true;
       default:
         return false;
     }

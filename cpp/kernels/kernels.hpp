@@ -63,10 +63,11 @@ struct TypedKernels {
 
   // ---- LayerNorm/RMSNorm over short rows (no activation)
   // rows x L contiguous: y = (x - mean) * invstd * W + B per row (W, B: L values or null;
-  // rms: mean 0), mean[r] and var[r] (biased) written. Returns false, touching nothing, where
-  // this level has no kernel for (T, L) (the caller then runs its scalar loop).
+  // rms: mean 0), mean[r] and invstd[r] = 1 / sqrt(var + eps) (biased var) written, in
+  // double. Returns false, touching nothing, where this level has no kernel for (T, L) (the
+  // caller then runs its scalar loop).
   bool (*short_rows)(const T* x, T* y, std::int64_t rows, std::int64_t L, const A* W,
-                     const A* B, double eps, bool rms, double* mean, double* var);
+                     const A* B, double eps, bool rms, double* mean, double* invstd);
 };
 
 struct KernelTable {

@@ -332,7 +332,8 @@ inline T from_acc(typename Kern<T>::A v) {
 // N == 0: L at run time.
 template <class T, int N>
 void short_rows_n(const T* x, T* y, i64 rows, i64 Lrt, const typename Kern<T>::A* W,
-                  const typename Kern<T>::A* B, double eps, bool rms, double* mean, double* var) {
+                  const typename Kern<T>::A* B, double eps, bool rms, double* mean,
+                  double* invstd) {
   using A = typename Kern<T>::A;
   const i64 L = N > 0 ? N : Lrt;
   const i64 per = kChunkElems / L;  // rows per work item
@@ -340,7 +341,7 @@ void short_rows_n(const T* x, T* y, i64 rows, i64 Lrt, const typename Kern<T>::A
   parallel_for(items, threads_for(rows * L, items), [&](i64 j, int) {
     const i64 r1 = (j + 1) * per < rows ? (j + 1) * per : rows;
     if (N > 0 && Kern<T>::get().short_rows(x + j * per * L, y + j * per * L, r1 - j * per, L,
-                                           W, B, eps, rms, mean + j * per, var + j * per))
+                                           W, B, eps, rms, mean + j * per, invstd + j * per))
       return;
     for (i64 r = j * per; r < r1; ++r) {
       const T* xr = x + r * L;
@@ -354,10 +355,10 @@ void short_rows_n(const T* x, T* y, i64 rows, i64 Lrt, const typename Kern<T>::A
         const double d = static_cast<double>(as_acc(xr[e])) - m;
         q += d * d;
       }
-      const double v = q / static_cast<double>(L);
+      const double is = inv_std(q / static_cast<double>(L), eps);
       mean[r] = m;
-      var[r] = v;
-      const A ma = static_cast<A>(m), ia = static_cast<A>(inv_std(v, eps));
+      invstd[r] = is;
+      const A ma = static_cast<A>(m), ia = static_cast<A>(is);
       if (W && B)
         for (i64 e = 0; e < L; ++e) yr[e] = from_acc<T>((as_acc(xr[e]) - ma) * ia * W[e] + B[e]);
       else
@@ -371,18 +372,20 @@ void short_rows_n(const T* x, T* y, i64 rows, i64 Lrt, const typename Kern<T>::A
   });
 }
 
+// mean[r] and invstd[r] of each row (rms: mean 0) are written.
 template <class T>
 void short_rows(const T* x, T* y, i64 rows, i64 L, const typename Kern<T>::A* W,
-                const typename Kern<T>::A* B, double eps, bool rms, double* mean, double* var) {
+                const typename Kern<T>::A* B, double eps, bool rms, double* mean,
+                double* invstd) {
   switch (L) {
     case 4:
-      return short_rows_n<T, 4>(x, y, rows, L, W, B, eps, rms, mean, var);
+      return short_rows_n<T, 4>(x, y, rows, L, W, B, eps, rms, mean, invstd);
     case 8:
-      return short_rows_n<T, 8>(x, y, rows, L, W, B, eps, rms, mean, var);
+      return short_rows_n<T, 8>(x, y, rows, L, W, B, eps, rms, mean, invstd);
     case 16:
-      return short_rows_n<T, 16>(x, y, rows, L, W, B, eps, rms, mean, var);
+      return short_rows_n<T, 16>(x, y, rows, L, W, B, eps, rms, mean, invstd);
     default:
-      return short_rows_n<T, 0>(x, y, rows, L, W, B, eps, rms, mean, var);
+      return short_rows_n<T, 0>(x, y, rows, L, W, B, eps, rms, mean, invstd);
   }
 }
 
@@ -396,13 +399,17 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
   std::vector<A> w_store, b_store;
   const A* W = param_view<A>(weight, L, w_store);
   const A* B = param_view<A>(bias, L, b_store);
-  std::vector<double> mean(static_cast<std::size_t>(rows)), var(mean);
   if (L <= kShortRow && act == 0) {
     if (rows * L == 0) return;
-    short_rows<T>(x, y, rows, L, W, B, eps, rms, mean.data(), var.data());
-    write_saved(saved, mean.data(), var.data(), rows, eps);
+    // The statistics go straight into the saved arrays where they are asked for.
+    std::vector<double> scratch(static_cast<std::size_t>((saved.mean ? 0 : rows) +
+                                                         (saved.invstd ? 0 : rows)));
+    double* m = saved.mean ? saved.mean : scratch.data();
+    double* is = saved.invstd ? saved.invstd : scratch.data() + (saved.mean ? 0 : rows);
+    short_rows<T>(x, y, rows, L, W, B, eps, rms, m, is);
     return;
   }
+  std::vector<double> mean(static_cast<std::size_t>(rows)), var(mean);
   std::vector<A> Mr(static_cast<std::size_t>(rows)), Ir(Mr);
   auto finish = [&](i64 r, const Moments& m) {
     const auto i = static_cast<std::size_t>(r);
