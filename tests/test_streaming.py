@@ -18,10 +18,10 @@ from normcpp import _core
 
 @pytest.fixture
 def stream_threshold():
-    """Yields a setter for the threshold and restores the default afterwards."""
-    old = _core.get_stream_threshold()
+    """Yields a setter for the threshold and restores the default afterwards (-1: the
+    automatic policy, or NORMCPP_STREAM_BYTES where set)."""
     yield _core.set_stream_threshold
-    _core.set_stream_threshold(old)
+    _core.set_stream_threshold(-1)
 
 
 def _buffer(shape, dtype, offset_bytes):
@@ -185,3 +185,27 @@ def test_threshold_setting(stream_threshold):
     assert _core.get_stream_threshold() == 12345
     stream_threshold(-1)
     assert _core.get_stream_threshold() == default
+
+
+def test_store_policy_keeps_outputs_a_threads_l2_holds(stream_threshold):
+    """The automatic policy streams an out-of-place output from the threshold on, except where
+    each thread's share of input and output (2 * bytes / threads) fits in half a core's L2
+    (the output then stays cached for its reader); an explicit threshold streams from exactly
+    that many bytes, whatever the threads."""
+    if os.environ.get("NORMCPP_STREAM_BYTES") is not None:
+        pytest.skip("NORMCPP_STREAM_BYTES set: the threshold is explicit")
+    decide = _core._stream_decision
+    thr, l2 = _core.get_stream_threshold(), _core._l2_cache_bytes()
+    big = 4 * max(thr, l2)
+    assert not decide(thr - 1, 1)
+    if l2 == 0:  # unknown L2: the threshold alone
+        assert decide(big, 1) and decide(big, 10**6)
+    else:
+        fits = -(-4 * big // l2)  # the fewest threads with 2 * big / threads <= l2 / 2
+        assert decide(big, 1)
+        assert decide(big, fits // 2)
+        assert not decide(big, fits)
+        stream_threshold(0)
+        assert decide(big, fits) and decide(1, 10**6)
+        stream_threshold(-1)
+        assert not decide(big, fits)

@@ -4,6 +4,7 @@
 
 #include "bindings/convert.hpp"
 #include "normcpp/normcpp.hpp"
+#include "ops/parallel.hpp"
 
 namespace py = pybind11;
 
@@ -18,6 +19,10 @@ void register_config(py::module_& m) {
   // Streaming-store threshold in bytes (tests and tuning; NORMCPP_STREAM_BYTES sets it too).
   m.def("set_stream_threshold", &normcpp::set_stream_threshold, py::arg("bytes"));
   m.def("get_stream_threshold", &normcpp::get_stream_threshold);
+  // The store policy's decision for an out-of-place output of `bytes` on `threads` threads,
+  // and the L2 size it uses (tests).
+  m.def("_stream_decision", &normcpp::ops::stream_bytes, py::arg("bytes"), py::arg("threads"));
+  m.def("_l2_cache_bytes", &normcpp::ops::l2_cache_bytes);
   // Reuse of freed output buffers (tests and tuning; NORMCPP_OUTPUT_CACHE_BYTES sets it too).
   m.def("set_output_cache_bytes", &set_output_cache_bytes, py::arg("bytes"));
   m.def("get_output_cache_bytes", &get_output_cache_bytes);

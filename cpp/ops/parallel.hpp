@@ -20,16 +20,11 @@ constexpr std::int64_t kMinWorkPerThread = 32768;
 int configured_threads();
 // Output bytes from which the apply kernels stream their stores (set_stream_threshold).
 std::int64_t stream_threshold();
-// Whether an output of `elems` elements of T is written with streaming stores. Never over an
-// input (in place, out == x or dx == dy): its lines were just read into the cache, and a
-// streaming store to a cached line evicts it -- measured 1.2-4x slower than plain stores
-// (BatchNorm eval in place on (8,256,28,28): 210 us plain, 930 us streamed).
-template <class T>
-inline bool stream_output(std::int64_t elems, const void* out, const void* in1,
-                          const void* in2 = nullptr) {
-  return out != in1 && out != in2 &&
-         elems * static_cast<std::int64_t>(sizeof(T)) >= stream_threshold();
-}
+// Whether stream_threshold() is the automatic default (not NORMCPP_STREAM_BYTES or
+// set_stream_threshold(b >= 0), which stream from exactly b bytes on).
+bool stream_threshold_is_auto();
+// Bytes of a core's L2 cache (0 if unknown).
+std::int64_t l2_cache_bytes();
 
 // Threads to use for `work` elements spread over `items` independent items.
 inline int threads_for(std::int64_t work, std::int64_t items) {
@@ -38,6 +33,29 @@ inline int threads_for(std::int64_t work, std::int64_t items) {
   if (by_work < nt) nt = by_work;
   if (items < nt) nt = items;
   return nt < 1 ? 1 : static_cast<int>(nt);
+}
+
+// Whether an output of `elems` elements of T is written with streaming stores: from
+// stream_threshold() bytes on, unless (the second rule only for the automatic threshold)
+// - it is written over an input (in place, out == x or dx == dy): its lines were just read
+//   into the cache, and a streaming store to a cached line evicts it -- measured 1.2-4x
+//   slower than plain stores (BatchNorm eval in place on (8,256,28,28): 210 us plain, 930 us
+//   streamed);
+// - each thread's share of input and output fits in half its L2, so the output stays cached
+//   for whatever reads it next: on a 16-core Xeon (2 MiB L2) a 6.4 MB output at 16 threads
+//   (0.8 MB a thread) took 0.61-0.91x the time with plain stores, while at 8 threads (1.6 MB a
+//   thread) and for 12.8 MB at 16 streaming won (plain 1.06-1.42x) -- bench/SCALING.md.
+// stream_bytes: the rule for an out-of-place output of `bytes` written by `nt` threads.
+inline bool stream_bytes(std::int64_t bytes, std::int64_t nt) {
+  if (bytes < stream_threshold()) return false;
+  if (!stream_threshold_is_auto()) return true;
+  return 2 * bytes / (nt < 1 ? 1 : nt) > l2_cache_bytes() / 2;
+}
+template <class T>
+inline bool stream_output(std::int64_t elems, const void* out, const void* in1,
+                          const void* in2 = nullptr) {
+  if (out == in1 || out == in2) return false;
+  return stream_bytes(elems * static_cast<std::int64_t>(sizeof(T)), threads_for(elems, elems));
 }
 
 // Orders this thread's streaming (non-temporal) stores before what follows: the kernels'

@@ -47,12 +47,22 @@ std::atomic<int>& thread_setting() {
   return n;
 }
 
-std::int64_t default_stream_threshold() {
+// NORMCPP_STREAM_BYTES, if set to a valid byte count.
+bool env_stream_bytes(std::int64_t* bytes) {
   if (const char* env = std::getenv("NORMCPP_STREAM_BYTES")) {
     char* end = nullptr;
     const long long v = std::strtoll(env, &end, 10);
-    if (end != env && *end == '\0' && v >= 0) return static_cast<std::int64_t>(v);
+    if (end != env && *end == '\0' && v >= 0) {
+      *bytes = static_cast<std::int64_t>(v);
+      return true;
+    }
   }
+  return false;
+}
+
+std::int64_t default_stream_threshold() {
+  std::int64_t env = 0;
+  if (env_stream_bytes(&env)) return env;
   constexpr std::int64_t kMiB = 1024 * 1024;
   std::int64_t llc = 0;
 #if defined(_SC_LEVEL3_CACHE_SIZE)
@@ -73,15 +83,38 @@ std::atomic<std::int64_t>& stream_setting() {
   return b;
 }
 
+// Whether the threshold is the automatic one (also subject to the L2 rule of
+// ops::stream_output) rather than set by NORMCPP_STREAM_BYTES or set_stream_threshold.
+std::atomic<bool>& stream_auto() {
+  static std::atomic<bool> a{[] {
+    std::int64_t env = 0;
+    return !env_stream_bytes(&env);
+  }()};
+  return a;
+}
+
 }  // namespace
 
 namespace ops {
 int configured_threads() { return thread_setting().load(std::memory_order_relaxed); }
+std::int64_t l2_cache_bytes() {
+  static const std::int64_t b = [] {
+    std::int64_t v = 0;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    v = static_cast<std::int64_t>(sysconf(_SC_LEVEL2_CACHE_SIZE));
+#endif
+    return v > 0 ? v : std::int64_t{0};
+  }();
+  return b;
+}
 std::int64_t stream_threshold() { return stream_setting().load(std::memory_order_relaxed); }
+bool stream_threshold_is_auto() { return stream_auto().load(std::memory_order_relaxed); }
 }  // namespace ops
 
 void set_stream_threshold(std::int64_t bytes) {
   stream_setting().store(bytes < 0 ? default_stream_threshold() : bytes);
+  std::int64_t env = 0;
+  stream_auto().store(bytes < 0 && !env_stream_bytes(&env));
 }
 std::int64_t get_stream_threshold() { return stream_setting().load(); }
 
