@@ -112,6 +112,11 @@ inline double biased_var(const Moments& m) { return clamp_nonneg(m.m2 / m.n); }
 void check_finite_update(const RunningUpdate& r, const double* mean, const double* var, i64 n,
                          i64 C) {
   if (r.allow_nonfinite) return;
+  // x - x is 0 for a finite x and NaN for NaN or +-inf: one branch-free (vectorizable) pass
+  // decides the common case; the loop below names the first bad channel.
+  double z = 0.0;
+  for (i64 i = 0; i < n; ++i) z += (mean[i] - mean[i]) + (var[i] - var[i]);
+  if (z == 0.0) return;
   for (i64 i = 0; i < n; ++i) {
     if (std::isfinite(mean[i]) && std::isfinite(var[i])) continue;
     fail("non-finite batch statistics for channel " + str(i % C) +
@@ -131,6 +136,25 @@ inline bool guard_in_place(const NCSRef& t, const RunningUpdate& r) {
 void update_running(const RunningUpdate& r, i64 c, double mean, double unbiased_var) {
   r.mean.set(c, (1.0 - r.momentum) * r.mean.get(c) + r.momentum * mean);
   r.var.set(c, (1.0 - r.momentum) * r.var.get(c) + r.momentum * unbiased_var);
+}
+
+// update_running for channels [0, C) from batch means and biased variances (times unbias):
+// the same arithmetic, in one loop without per-element dtype dispatch for the common case
+// of contiguous float32 running statistics.
+void update_running_all(const RunningUpdate& r, const double* mean, const double* var, i64 C,
+                        double unbias) {
+  const double m = r.momentum, k = 1.0 - m;
+  if (r.mean.dtype == DType::f32 && r.var.dtype == DType::f32 && r.mean.stride == 1 &&
+      r.var.stride == 1) {
+    float* rm = static_cast<float*>(r.mean.data);
+    float* rv = static_cast<float*>(r.var.data);
+    for (i64 c = 0; c < C; ++c) {
+      rm[c] = static_cast<float>(k * static_cast<double>(rm[c]) + m * mean[c]);
+      rv[c] = static_cast<float>(k * static_cast<double>(rv[c]) + m * (var[c] * unbias));
+    }
+    return;
+  }
+  for (i64 c = 0; c < C; ++c) update_running(r, c, mean[c], var[c] * unbias);
 }
 
 void write_saved(SavedStats saved, const double* mean, const double* var, i64 n, double eps) {
@@ -166,10 +190,8 @@ void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight
   if (n == 0) return;
   if (running.mean.present()) {
     check_finite_update(running, cf.mean, cf.var, cf.n, C);
-    const double unbias = static_cast<double>(n) / static_cast<double>(n - 1);
-    for (i64 c = 0; c < C; ++c)
-      update_running(running, c, cf.mean[static_cast<std::size_t>(c)],
-                     cf.var[static_cast<std::size_t>(c)] * unbias);
+    update_running_all(running, cf.mean, cf.var, C,
+                       static_cast<double>(n) / static_cast<double>(n - 1));
   }
   write_saved(saved, cf.mean, cf.var, cf.n, eps);
 }
