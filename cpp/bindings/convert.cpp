@@ -146,29 +146,27 @@ class OutputCache {
 #endif
     return p;
   }
-  // Returns a buffer from take(): kept for reuse if the limit allows, else freed.
-  void give(void* p, std::size_t bytes) {
-    std::vector<void*> drop;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (bytes > limit_) {
-        drop.push_back(p);
-      } else {
-        free_.emplace_back(p, bytes);
-        held_ += bytes;
-        trim(drop);
-      }
+  // Returns a buffer from take(): kept for reuse if the limit allows, else freed. Never
+  // throws (it runs in a capsule destructor, called from C).
+  void give(void* p, std::size_t bytes) noexcept {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (bytes > limit_) {
+      std::free(p);
+      return;
     }
-    for (void* q : drop) std::free(q);
+    try {
+      free_.emplace_back(p, bytes);
+    } catch (...) {
+      std::free(p);
+      return;
+    }
+    held_ += bytes;
+    trim();
   }
   void set_limit(std::int64_t bytes) {
-    std::vector<void*> drop;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      limit_ = bytes < 0 ? default_limit() : static_cast<std::size_t>(bytes);
-      trim(drop);
-    }
-    for (void* q : drop) std::free(q);
+    std::lock_guard<std::mutex> lock(mu_);
+    limit_ = bytes < 0 ? default_limit() : static_cast<std::size_t>(bytes);
+    trim();
   }
   std::int64_t limit() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -189,11 +187,11 @@ class OutputCache {
     }
     return std::size_t{64} << 20;
   }
-  void trim(std::vector<void*>& drop) {  // oldest first, until within the limit
+  void trim() noexcept {  // frees the oldest buffers until within the limit (mu_ held)
     std::size_t k = 0;
     while (held_ > limit_ && k < free_.size()) {
       held_ -= free_[k].second;
-      drop.push_back(free_[k].first);
+      std::free(free_[k].first);
       ++k;
     }
     free_.erase(free_.begin(), free_.begin() + static_cast<std::ptrdiff_t>(k));
