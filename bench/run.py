@@ -1015,27 +1015,33 @@ class Timing:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
+def _calibrate(fn: Callable[[], Any]) -> tuple[int, float]:
+    """Warm ``fn`` up (first touch, lazy init, thread pool start) and return (calls per timed
+    batch, seconds per call): tiny calls are batched to >= ~200 us, as single-call timings of
+    sub-microsecond calls are noisy."""
+    pc = time.perf_counter
+    t0 = pc()
+    fn()
+    t1 = pc()
+    fn()
+    one = max(min(t1 - t0, pc() - t1), 1e-8)
+    if one >= 2e-4:
+        return 1, one
+    k = max(1, int(2e-4 / one))
+    t = pc()
+    for _ in range(k):
+        fn()
+    one = max((pc() - t) / k, 1e-8)
+    return max(1, math.ceil(2e-4 / one)), one
+
+
 def measure(fn: Callable[[], Any], min_time: float, min_repeats: int,
             max_time: float | None = None) -> Timing:
     """Median per-call time: warm up, batch tiny calls (>= ~200 us per repeat), then repeat
     until ``min_time`` seconds have passed and at least ``min_repeats`` repeats were taken."""
     pc = time.perf_counter
     max_time = max_time if max_time is not None else 4 * min_time
-    t0 = pc()
-    fn()  # warm-up 1 (first-touch, lazy init, thread pool start)
-    t1 = pc()
-    fn()  # warm-up 2
-    t2 = pc()
-    one = max(min(t1 - t0, t2 - t1), 1e-8)
-    number = 1
-    if one < 2e-4:
-        # calibrate on a batch: single-call estimates of sub-microsecond calls are noisy
-        k = max(1, int(2e-4 / one))
-        t = pc()
-        for _ in range(k):
-            fn()
-        one = max((pc() - t) / k, 1e-8)
-        number = max(1, math.ceil(2e-4 / one))
+    number, _ = _calibrate(fn)
     times: list[float] = []
     start = pc()
     gc_was = gc.isenabled()
@@ -1076,21 +1082,17 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], min_time: float, min_
     pc = time.perf_counter
     number: dict[str, int] = {}
     per_turn: dict[str, int] = {}
+    if pause_after:  # the callers' checks just ran every contender once
+        time.sleep(max(pause_after.values()))
     for name, fn in fns.items():
-        t0 = pc()
-        fn()
-        t1 = pc()
-        fn()
-        one = max(min(t1 - t0, pc() - t1), 1e-8)
-        if one < 2e-4:
-            k = max(1, int(2e-4 / one))
-            t = pc()
-            for _ in range(k):
-                fn()
-            one = max((pc() - t) / k, 1e-8)
-        number[name] = max(1, math.ceil(2e-4 / one))
-        batch = one * number[name]
-        per_turn[name] = max(1, min(int(min_time / rounds / batch), 1000))
+        number[name], one = _calibrate(fn)
+        # turns of at least 20 ms: the first milliseconds after a pause run slow (idle vCPUs
+        # wake, thread pools restart), which short --quick turns would be made of
+        turn = max(min_time / rounds, 0.02)
+        per_turn[name] = max(1, min(int(turn / (one * number[name])), 1000))
+        wait = (pause_after or {}).get(name, pause)  # as after a turn (below)
+        if wait:
+            time.sleep(wait)
     times: dict[str, list[float]] = {name: [] for name in fns}
     spent = dict.fromkeys(fns, 0.0)
     gc_was = gc.isenabled()
