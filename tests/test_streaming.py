@@ -100,6 +100,9 @@ CHANNELS_LAST = [
     ("group_norm C=64 gelu", (1, 3, 3, 64), lambda x, out: nc.group_norm(
         x, 8, _p(64, 0.5, 1.5), _p(64, -1, 1), out=out, activation="gelu")),
     ("group_norm C=6", (2, 7, 9, 6), lambda x, out: nc.group_norm(x, 3, out=out)),
+    # a period of 6 vectors over more rows than one L1 tile (column groups of 4 + 2 when plain)
+    ("batch_norm eval C=48 relu6", (2, 10, 5, 48), lambda x, out: nc.batch_norm(
+        x, _p(48, -1, 1), _p(48, 0.5, 2), out=out, activation="relu6")),
     # periods of >= 64 elements (written as period-rows when not streamed)
     ("instance_norm C=64", (2, 5, 3, 64), lambda x, out: nc.instance_norm(x, out=out)),
     ("batch_norm train C=100", (3, 5, 1, 100), lambda x, out: nc.batch_norm(

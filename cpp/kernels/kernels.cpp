@@ -958,6 +958,79 @@ void apply_scalar(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::
   });
 }
 
+// Plain-stored channels-last apply with the period's coefficients held in registers: G
+// vectors of columns (G * W <= P) of `nrows` period rows at x, y (row stride P), M, S, B the
+// coefficients of those columns. Each vector costs one load, not four (the element lambda of
+// cl_periodic_write loads M, S and B beside x): BN eval NHWC (1,64,28,28) hot in L2 13.8 us vs
+// NCHW 8.2 us before.
+template <int Act, int G, class T>
+NORMCPP_ALWAYS_INLINE inline void cl_group_rows(const T* x, T* y, i64 nrows, i64 P,
+                                                const typename VT<T>::A* M,
+                                                const typename VT<T>::A* S,
+                                                const typename VT<T>::A* B) {
+  using Tr = VT<T>;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr i64 W = Tr::W;
+  V m[G], s[G], b[G];
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g) {
+    m[g] = VT<A>::load(M + g * W);
+    s[g] = VT<A>::load(S + g * W);
+    b[g] = VT<A>::load(B + g * W);
+  }
+  for (i64 r = 0; r < nrows; ++r) {
+    const T* xr = x + r * P;
+    T* yr = y + r * P;
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g)
+      Tr::store(yr + g * W, activate<Act>((Tr::load(xr + g * W) - m[g]) * s[g] + b[g]));
+  }
+}
+
+// Periods of up to this many vectors go through cl_tiled_write (wider ones are written row by
+// row, where the coefficient loads are a smaller share of a long row's work).
+constexpr i64 kTiledVectors = 16;
+
+// y[0..n) of a channels-last stream of period P (a multiple of W, P <= kTiledVectors * W)
+// with plain stores: whole period rows through cl_group_rows -- a period of up to 4 vectors in
+// one sweep, a wider one as column groups of 4 vectors over tiles of rows that stay in L1 --
+// and the partial last row with vec/one as in cl_periodic_write. Same arithmetic per element
+// as vec, so the values are bitwise those of the other paths.
+template <int Act, class T, class VecF, class OneF>
+NORMCPP_ALWAYS_INLINE inline void cl_tiled_write(const T* x, T* y, i64 n, i64 P,
+                                                 const typename VT<T>::A* M,
+                                                 const typename VT<T>::A* S,
+                                                 const typename VT<T>::A* B, VecF& vec,
+                                                 OneF& one) {
+  constexpr i64 W = VT<T>::W;
+  const i64 nrows = n / P, G = P / W;
+  const auto group = [&](i64 g0, i64 gs, i64 r0, i64 nr) {
+    const i64 off = r0 * P + g0 * W;
+    switch (gs) {
+      case 1:
+        return cl_group_rows<Act, 1>(x + off, y + off, nr, P, M + g0 * W, S + g0 * W, B + g0 * W);
+      case 2:
+        return cl_group_rows<Act, 2>(x + off, y + off, nr, P, M + g0 * W, S + g0 * W, B + g0 * W);
+      case 3:
+        return cl_group_rows<Act, 3>(x + off, y + off, nr, P, M + g0 * W, S + g0 * W, B + g0 * W);
+      default:
+        return cl_group_rows<Act, 4>(x + off, y + off, nr, P, M + g0 * W, S + g0 * W, B + g0 * W);
+    }
+  };
+  if (G <= 4) {
+    group(0, G, 0, nrows);
+  } else {
+    const i64 R = imax(1, 2048 / P);  // 8 KB of float32 a tile
+    for (i64 r0 = 0; r0 < nrows; r0 += R)
+      for (i64 g0 = 0; g0 < G; g0 += 4) group(g0, imin(4, G - g0), r0, imin(R, nrows - r0));
+  }
+  const i64 i0 = nrows * P;
+  write_row(
+      y + i0, n - i0, false, [&](i64 o) NORMCPP_ALWAYS_INLINE { return vec(i0 + o, o); },
+      [&](i64 o) { return one(i0 + o, o); });
+}
+
 template <int Act, class T>
 NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typename VT<T>::A* M,
                    const typename VT<T>::A* S, const typename VT<T>::A* B,
@@ -985,6 +1058,10 @@ NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typ
     Mp = scratch;
     Sp = scratch + E;
     Bp = scratch + 2 * E;
+    if (!st && P <= kTiledVectors * VT<T>::W && kStreamable<Act>) {
+      cl_tiled_write<Act>(x, y, rows * C, P, Mp, Sp, Bp, vec, one);
+      return;
+    }
     cl_periodic_write(y, rows * C, P, st, vec, one);
     return;
   }
