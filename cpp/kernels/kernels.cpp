@@ -590,6 +590,40 @@ void row_block_pass(const T* x, i64 nrows, i64 ld, i64 wd, i64 tail, const typen
   }
 }
 
+// All G column vectors of a strip_pass at once (rows of up to 4 vectors): each line of the
+// block is read once, not once per 2-vector strip (C = 3, rows of 24 floats: 3 vectors). Per
+// column the rows are added in the same order as by the strips, so the sums are the same bits.
+template <bool Sq, int G, class T>
+NORMCPP_ALWAYS_INLINE inline void strip_all(const T* x, i64 nrows, i64 ld,
+                                            const typename VT<T>::A* K, typename VT<T>::A* S,
+                                            typename VT<T>::A* Q) {
+  using Tr = VT<T>;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr i64 W = Tr::W;
+  V k[G], sv[G], qv[G];
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g) {
+    k[g] = VT<A>::load(K + g * W);
+    sv[g] = VT<A>::load(S + g * W);
+    qv[g] = Sq ? VT<A>::load(Q + g * W) : V{};
+  }
+  const T* p = x;
+  for (i64 r = 0; r < nrows; ++r, p += ld) {
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) {
+      const V d = Tr::load(p + g * W) - k[g];
+      sv[g] += d;
+      if constexpr (Sq) qv[g] += d * d;
+    }
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g) {
+    VT<A>::store(S + g * W, sv[g]);
+    if constexpr (Sq) VT<A>::store(Q + g * W, qv[g]);
+  }
+}
+
 // One statistics pass over a (nrows x wd) matrix with row stride ld, plus a partial last row
 // of `tail` elements: per column j, S[j] += sum(x - K[j]) and, in the second pass (Sq),
 // Q[j] += sum((x - K[j])^2). Columns go in register strips of 2 vectors, rows stream by.
@@ -602,6 +636,13 @@ void strip_pass(const T* x, i64 nrows, i64 ld, i64 wd, i64 tail, const typename 
   constexpr i64 W = Tr::W;
   const T* last = x + nrows * ld;
   i64 j = 0;
+  if (wd % W == 0 && wd > 2 * W && wd <= 4 * W) {  // (one or two vectors: one strip anyway)
+    if (wd == 3 * W)
+      strip_all<Sq, 3>(x, nrows, ld, K, S, Q);
+    else
+      strip_all<Sq, 4>(x, nrows, ld, K, S, Q);
+    j = wd;
+  }
   for (; j + 2 * W <= wd; j += 2 * W) {
     const V k0 = VT<A>::load(K + j), k1 = VT<A>::load(K + j + W);
     V s0 = VT<A>::load(S + j), s1 = VT<A>::load(S + j + W), q0{}, q1{};
