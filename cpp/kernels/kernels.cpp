@@ -1018,9 +1018,36 @@ enum Act : int { kNone = 0, kRelu = 1, kRelu6 = 2, kSilu = 3, kGelu = 4 };
 
 typedef int vint __attribute__((vector_size(NORMCPP_VBYTES)));
 
+// max(lo, x) and min(hi, x) keeping a NaN x: one instruction where the ISA has it (x86's max
+// and min return their second operand when either is NaN), a compare and a blend otherwise.
+NORMCPP_ALWAYS_INLINE inline vfloat max_with(float lo, vfloat x) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<vfloat>(_mm512_max_ps(_mm512_set1_ps(lo), reinterpret_cast<__m512>(x)));
+#elif defined(__AVX__)
+  return reinterpret_cast<vfloat>(_mm256_max_ps(_mm256_set1_ps(lo), reinterpret_cast<__m256>(x)));
+#elif defined(__SSE__)
+  return reinterpret_cast<vfloat>(_mm_max_ps(_mm_set1_ps(lo), reinterpret_cast<__m128>(x)));
+#else
+  return x < lo ? vfloat{} + lo : x;
+#endif
+}
+NORMCPP_ALWAYS_INLINE inline vfloat min_with(float hi, vfloat x) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<vfloat>(_mm512_min_ps(_mm512_set1_ps(hi), reinterpret_cast<__m512>(x)));
+#elif defined(__AVX__)
+  return reinterpret_cast<vfloat>(_mm256_min_ps(_mm256_set1_ps(hi), reinterpret_cast<__m256>(x)));
+#elif defined(__SSE__)
+  return reinterpret_cast<vfloat>(_mm_min_ps(_mm_set1_ps(hi), reinterpret_cast<__m128>(x)));
+#else
+  return x > hi ? vfloat{} + hi : x;
+#endif
+}
+
+// exp(x); ClampHigh: whether x may exceed 88.7 (gelu's argument never does).
+template <bool ClampHigh = true>
 NORMCPP_ALWAYS_INLINE inline vfloat vexp(vfloat x) {
-  x = x < -87.3f ? vfloat{} - 87.3f : x;
-  x = x > 88.7f ? vfloat{} + 88.7f : x;
+  x = max_with(-87.3f, x);
+  if constexpr (ClampHigh) x = min_with(88.7f, x);
   const vfloat k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x/ln2)
   const vfloat r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
   // sum r^i / i!, i <= 6, by Estrin's scheme: three dependent steps instead of Horner's six
@@ -1042,7 +1069,8 @@ NORMCPP_ALWAYS_INLINE inline vfloat verfc_pos(vfloat z) {
   const vfloat q45 = t * 0.27886807f - 0.18628806f, q67 = t * 1.48851587f - 1.13520398f;
   const vfloat q89 = t * 0.17087277f - 0.82215223f;
   const vfloat p = ((q01 + t2 * q23) + t4 * (q45 + t2 * q67)) + t8 * q89;
-  return t * vexp(p - z * z);
+  // the argument is log(erfc(z) (1 + z/2)) <= 0 (up to the fit's error): no upper clamp
+  return t * vexp<false>(p - z * z);
 }
 
 template <int Act>
@@ -1054,7 +1082,8 @@ NORMCPP_ALWAYS_INLINE inline vfloat activate(vfloat v) {
   }
   if constexpr (Act == kSilu) return v / (1.0f + vexp(-v));
   if constexpr (Act == kGelu) {
-    const vfloat a = v < 0.0f ? -v : v;
+    // |v| by clearing the sign bit (one and, not a compare and a blend)
+    const vfloat a = reinterpret_cast<vfloat>(reinterpret_cast<vint>(v) & 0x7fffffff);
     const vfloat e = 0.5f * v * verfc_pos(a * 0.70710678118654752f);
     return v < 0.0f ? e : v - e;
   }
