@@ -1043,8 +1043,10 @@ NORMCPP_ALWAYS_INLINE inline vfloat min_with(float hi, vfloat x) {
 #endif
 }
 
-// exp(x); ClampHigh: whether x may exceed 88.7 (gelu's argument never does).
-template <bool ClampHigh = true>
+// exp(x), or exp(x) / 2 with Half (the factor taken in the exponent: no multiply; below
+// x = -86.9 that gives 0 rather than a subnormal). ClampHigh: whether x may exceed 88.7
+// (gelu's argument never does).
+template <bool ClampHigh = true, bool Half = false>
 NORMCPP_ALWAYS_INLINE inline vfloat vexp(vfloat x) {
   x = max_with(-87.3f, x);
   if constexpr (ClampHigh) x = min_with(88.7f, x);
@@ -1056,12 +1058,12 @@ NORMCPP_ALWAYS_INLINE inline vfloat vexp(vfloat x) {
   const vfloat lo = (r + 1.0f) + r2 * (r * (1.0f / 6.0f) + 0.5f);
   const vfloat hi = (r * (1.0f / 120.0f) + 1.0f / 24.0f) + r2 * (1.0f / 720.0f);
   const vfloat p = lo + r4 * hi;
-  const vint e = (__builtin_convertvector(k, vint) + 127) << 23;
+  const vint e = (__builtin_convertvector(k, vint) + (Half ? 126 : 127)) << 23;
   return p * reinterpret_cast<vfloat>(e);
 }
 
-// erfc(z) for z >= 0.
-NORMCPP_ALWAYS_INLINE inline vfloat verfc_pos(vfloat z) {
+// erfc(z) / 2 for z >= 0.
+NORMCPP_ALWAYS_INLINE inline vfloat half_erfc_pos(vfloat z) {
   const vfloat t = 1.0f / (1.0f + 0.5f * z);
   // The degree-9 fit sum c_i t^i by Estrin's scheme (depth 4 instead of 9; see vexp).
   const vfloat t2 = t * t, t4 = t2 * t2, t8 = t4 * t4;
@@ -1070,7 +1072,23 @@ NORMCPP_ALWAYS_INLINE inline vfloat verfc_pos(vfloat z) {
   const vfloat q89 = t * 0.17087277f - 0.82215223f;
   const vfloat p = ((q01 + t2 * q23) + t4 * (q45 + t2 * q67)) + t8 * q89;
   // the argument is log(erfc(z) (1 + z/2)) <= 0 (up to the fit's error): no upper clamp
-  return t * vexp<false>(p - z * z);
+  return t * vexp<false, true>(p - z * z);
+}
+
+// Where v < 0 (its sign bit set: -0 too), a; else v - a. On x86 the blend reads the sign bit
+// itself (no compare).
+NORMCPP_ALWAYS_INLINE inline vfloat select_negative(vfloat v, vfloat a) {
+#if defined(__AVX512F__)
+  const __mmask16 neg = _mm512_movepi32_mask(reinterpret_cast<__m512i>(v));
+  return reinterpret_cast<vfloat>(
+      _mm512_mask_blend_ps(neg, reinterpret_cast<__m512>(v - a), reinterpret_cast<__m512>(a)));
+#elif defined(__AVX__)
+  return reinterpret_cast<vfloat>(_mm256_blendv_ps(reinterpret_cast<__m256>(v - a),
+                                                   reinterpret_cast<__m256>(a),
+                                                   reinterpret_cast<__m256>(v)));
+#else
+  return reinterpret_cast<vint>(v) < 0 ? a : v - a;
+#endif
 }
 
 template <int Act>
@@ -1084,8 +1102,8 @@ NORMCPP_ALWAYS_INLINE inline vfloat activate(vfloat v) {
   if constexpr (Act == kGelu) {
     // |v| by clearing the sign bit (one and, not a compare and a blend)
     const vfloat a = reinterpret_cast<vfloat>(reinterpret_cast<vint>(v) & 0x7fffffff);
-    const vfloat e = 0.5f * v * verfc_pos(a * 0.70710678118654752f);
-    return v < 0.0f ? e : v - e;
+    // gelu(v) = v Phi(v): v erfc(|v|/sqrt 2) / 2 below 0, v minus that above
+    return select_negative(v, v * half_erfc_pos(a * 0.70710678118654752f));
   }
   return v;
 }
