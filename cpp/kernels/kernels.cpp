@@ -808,7 +808,7 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
 // lanes (whatever the ISA's width: GCC splits or narrows it). Per group of rows: statistics
 // (two-pass, the mean corrected by the sum of deviations, in double from there; rows of 8
 // eight at a time, see rows8_stats), then the inverse standard deviations as one vector loop,
-// then the outputs. About 45 instructions a row (20 for rows of 8), against ~125 for a scalar
+// then the outputs. About 54 instructions a row (27 for rows of 8), against ~125 for a scalar
 // loop with a square root and division each.
 template <int Lc>
 struct RowVec;  // (a dependent vector_size in a template is ignored by GCC: one per length)
@@ -831,8 +831,9 @@ struct RowVec<16> {
 // Rows of 8: statistics of 8 rows at a time. The 8 x 8 block is transposed in registers, so
 // each column vector holds one element of 8 rows and the row sums are vertical adds in the
 // same pairwise order as lane_sum's tree -- no horizontal sums per row (LayerNorm(8) on 128
-// rows: 54 -> ~20 instructions a row). A last group of fewer than 8 rows goes through the same
-// code from a zero-padded copy, so every row gets the same arithmetic wherever it sits.
+// rows: 54 -> 27 instructions a row, outputs included). A last group of fewer than 8 rows goes
+// through the same code from a zero-padded copy, so every row gets the same arithmetic
+// wherever it sits.
 typedef float f8_t __attribute__((vector_size(32)));
 typedef int i8_t __attribute__((vector_size(32)));
 typedef float f4_t __attribute__((vector_size(16)));
