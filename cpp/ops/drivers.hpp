@@ -102,6 +102,24 @@ void run_driver(const RunGeom& g, Reduce reduce, Finish finish, Apply apply) {
   const i64 E = g.K * g.L;
   const i64 total = g.slots * E;
   if (total == 0) return;
+  if constexpr (!Stats) {
+    if (g.K > 1) {
+      // Apply only: runs in memory order (run k of every slot, then run k + 1), each thread a
+      // contiguous range of them. Slot by slot, every run would jump run_stride ahead, and a
+      // run shorter than a page hides the stream from the hardware prefetcher (BatchNorm eval
+      // NCHW (8, 256, 28, 28), runs of 3 KB: 1.5x a copy slot by slot, 1.1x in memory order).
+      // Long runs are cut in chunks so that threads share few of them evenly.
+      i64 Pr = (g.L + kChunkElems - 1) / kChunkElems;
+      if (Pr > kMaxChunks) Pr = kMaxChunks;
+      const i64 items = g.K * g.slots * Pr;
+      parallel_for(items, threads_for(total, items), [&](i64 i, int) {
+        const i64 run = i / Pr, j = i % Pr, k = run / g.slots;
+        apply(run % g.slots, k * g.L + chunk_start(g.L, Pr, j),
+              k * g.L + chunk_start(g.L, Pr, j + 1));
+      });
+      return;
+    }
+  }
   const i64 P = chunks_for(E);
   if (P == 1) {
     parallel_for(g.slots, threads_for(total, g.slots), [&](i64 s, int) {

@@ -1,6 +1,7 @@
 // Thread-count setting shared by every op.
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <thread>
 
@@ -60,22 +61,70 @@ bool env_stream_bytes(std::int64_t* bytes) {
   return false;
 }
 
+// Size in bytes of cpu0's level-`level` data or unified cache, 0 if unknown. Linux's sysfs
+// first: inside a virtual machine glibc's sysconf reads CPUID's host-wide figure (320 MiB of
+// L3 on a 2-core EPYC VM whose sysfs, like lscpu, says 32 MiB).
+std::int64_t read_cache_bytes(int level) {
+  std::int64_t v = 0;
+#if defined(__linux__)
+  for (int i = 0; i < 8 && v == 0; ++i) {
+    char path[96];
+    std::snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/level", i);
+    std::FILE* f = std::fopen(path, "r");
+    if (!f) break;
+    int lv = 0;
+    const bool ok = std::fscanf(f, "%d", &lv) == 1;
+    std::fclose(f);
+    if (!ok || lv != level) continue;
+    std::snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/type", i);
+    char type[32] = {0};
+    if ((f = std::fopen(path, "r"))) {
+      if (std::fscanf(f, "%31s", type) != 1) type[0] = 0;
+      std::fclose(f);
+    }
+    if (type[0] == 'I') continue;  // instruction cache
+    std::snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
+    if ((f = std::fopen(path, "r"))) {
+      long long n = 0;
+      char unit = 0;
+      const int got = std::fscanf(f, "%lld%c", &n, &unit);
+      std::fclose(f);
+      if (got >= 1 && n > 0)
+        v = n * (got == 2 && unit == 'K' ? 1024 : got == 2 && unit == 'M' ? 1024 * 1024 : 1);
+    }
+  }
+#endif
+#if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL3_CACHE_SIZE)
+  if (v <= 0)
+    v = static_cast<std::int64_t>(
+        sysconf(level == 2 ? _SC_LEVEL2_CACHE_SIZE : _SC_LEVEL3_CACHE_SIZE));
+#endif
+  return v > 0 ? v : 0;
+}
+std::int64_t cache_bytes(int level) {  // read once (set_stream_threshold(-1) asks again)
+  static const std::int64_t l2 = read_cache_bytes(2), l3 = read_cache_bytes(3);
+  return level == 2 ? l2 : l3;
+}
+
 std::int64_t default_stream_threshold() {
   std::int64_t env = 0;
   if (env_stream_bytes(&env)) return env;
   constexpr std::int64_t kMiB = 1024 * 1024;
-  std::int64_t llc = 0;
-#if defined(_SC_LEVEL3_CACHE_SIZE)
-  llc = static_cast<std::int64_t>(sysconf(_SC_LEVEL3_CACHE_SIZE));
-  if (llc <= 0) llc = static_cast<std::int64_t>(sysconf(_SC_LEVEL2_CACHE_SIZE));
-#endif
-  // An eighth of the reported last-level cache, within [2, 4] MiB: virtual machines report
-  // the host's whole L3 (256 MiB on this project's 2-core EPYC VM), of which a core's share is
-  // far smaller. Measured there (repeated out-of-place calls, 1 thread): at 3.2 MB plain
-  // stores win (BN train 259 vs 314 us), at 6.4 MB streaming wins (1118 vs 664 us).
-  if (llc <= 0) return 4 * kMiB;
-  const std::int64_t q = llc / 8;
-  return q < 2 * kMiB ? 2 * kMiB : (q > 4 * kMiB ? 4 * kMiB : q);
+  // A fit to the three machines measured (repeated out-of-place calls, plain vs streamed
+  // stores; bench/SCALING.md):
+  // - 2-core Zen 3 VM, 32 MiB L3, 512 KiB L2: at 1 thread plain wins at 3.2 MB (BN train
+  //   259 vs 314 us), streaming at 6.4 MB (1118 vs 664 us);
+  // - 2-core Zen 4 VM, 32 MiB L3, 1 MiB L2: at 1 thread plain wins at 6.4 MB (BN eval 204 vs
+  //   249 us), 8 MB is a tie, streaming wins at 10.4 MB (559 vs 417 us);
+  // - 16-core Xeon, 300 MiB L3, 2 MiB L2: streaming wins at 6.4 MB from 1 to 8 threads.
+  // So: 4 MiB under a last-level cache over 64 MiB (the Xeon's shared mesh L3, which did not
+  // keep a 12.8 MB working set for the next call); otherwise a quarter of it (input and
+  // output in half the cache) but at most 8 L2s, and at least 2 MiB.
+  const std::int64_t llc = cache_bytes(3), l2 = cache_bytes(2);
+  if (llc <= 0 || llc > 64 * kMiB) return 4 * kMiB;
+  std::int64_t q = llc / 4;
+  if (l2 > 0 && q > 8 * l2) q = 8 * l2;
+  return q < 2 * kMiB ? 2 * kMiB : q;
 }
 
 std::atomic<std::int64_t>& stream_setting() {
@@ -97,16 +146,7 @@ std::atomic<bool>& stream_auto() {
 
 namespace ops {
 int configured_threads() { return thread_setting().load(std::memory_order_relaxed); }
-std::int64_t l2_cache_bytes() {
-  static const std::int64_t b = [] {
-    std::int64_t v = 0;
-#if defined(_SC_LEVEL2_CACHE_SIZE)
-    v = static_cast<std::int64_t>(sysconf(_SC_LEVEL2_CACHE_SIZE));
-#endif
-    return v > 0 ? v : std::int64_t{0};
-  }();
-  return b;
-}
+std::int64_t l2_cache_bytes() { return cache_bytes(2); }
 std::int64_t stream_threshold() { return stream_setting().load(std::memory_order_relaxed); }
 bool stream_threshold_is_auto() { return stream_auto().load(std::memory_order_relaxed); }
 }  // namespace ops
