@@ -55,7 +55,7 @@ def assert_stats_close(actual, expected, dtype, pdtype):
 # batch_norm
 
 BN_SHAPES = [(5, 3), (4, 1, 31), (2, 3, 5), (3, 17, 33), (2, 7, 5, 5), (1, 3, 1, 257),
-             (2, 3, 3, 4, 5)]
+             (3, 133, 2), (2, 3, 3, 4, 5)]
 
 
 @pytest.mark.parametrize("affine,pdtype", AFFINE, ids=AFFINE_IDS)

@@ -1342,6 +1342,27 @@ void apply_row(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A s
   });
 }
 
+template <class T>
+void coefs(i64 n, const double* mean, const double* var, const double* w, const double* b,
+           double eps, typename VT<T>::A* M, typename VT<T>::A* S, typename VT<T>::A* B) {
+  using A = typename VT<T>::A;
+  i64 i = 0;
+  // 4 lanes at a time: the scalar loop is bound by the latency-free but slow sqrt and
+  // division (17 cycles a channel: 6.6 us of a BatchNorm eval call with C = 1024).
+  for (; i + 4 <= n; i += 4) {
+    d4_t v, s = {1.0, 1.0, 1.0, 1.0};
+    std::memcpy(&v, var + i, sizeof v);
+    if (w) std::memcpy(&s, w + i, sizeof s);
+    s = s * (1.0 / sqrt4(v + eps));
+    for (int j = 0; j < 4; ++j) S[i + j] = static_cast<A>(s[j]);
+  }
+  for (; i < n; ++i) S[i] = static_cast<A>((w ? w[i] : 1.0) * (1.0 / std::sqrt(var[i] + eps)));
+  for (i = 0; i < n; ++i) {
+    M[i] = static_cast<A>(mean[i]);
+    B[i] = static_cast<A>(b ? b[i] : 0.0);
+  }
+}
+
 // ---------------------------------------------------------------------------- backward
 
 template <class T, bool HasW>
@@ -1693,7 +1714,7 @@ void bwd_cl(const T* x, const T* dy, T* dx, i64 rows, i64 C, const typename VT<T
 template <class T>
 constexpr TypedKernels<T, typename VT<T>::A> typed() {
   return {&run_moments<T>, &run_sumsq<T>, &cl_scratch_elems<T>, &cl_moments<T>,
-          &apply_scalar<T>, &apply_cl<T>,  &apply_row<T>,        &run_dot<T>,
+          &apply_scalar<T>, &apply_cl<T>,  &apply_row<T>,        &coefs<T>, &run_dot<T>,
           &cl_dot<T>,       &tile_dot_cols<T>, &bwd_row<T>,          &bwd_cl<T>,
           &short_rows<T>};
 }

@@ -40,6 +40,12 @@ struct TypedKernels {
   void (*apply_row)(const T* x, T* y, std::int64_t n, A m, A s, const A* W, const A* B,
                     int act, bool stream);
 
+  // Affine coefficients of n slots from their statistics, in double then rounded once:
+  // M[i] = mean[i], S[i] = w[i] * (1 / sqrt(var[i] + eps)), B[i] = b[i] (w, b may be null: 1
+  // and 0). Bitwise the scalar formula's (correctly rounded sqrt and division).
+  void (*coefs)(std::int64_t n, const double* mean, const double* var, const double* w,
+                const double* b, double eps, A* M, A* S, A* B);
+
   // ---- backward
   // out[0] = sum dy * W, out[1] = sum dy * W * (x - m) over n elements (W null: 1); block
   // partials in A, totals in double.

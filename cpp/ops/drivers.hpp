@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "normcpp/moments.hpp"
@@ -173,8 +174,9 @@ void cl_driver(const CLGeom& g, i64 scratch_elems, Reduce reduce, Merge merge, F
   if (P > g.rows) P = g.rows;
   const i64 items = g.samples * P;
   const int nt = threads_for(total, items);
-  std::vector<A> scratch(static_cast<std::size_t>(scratch_elems * nt));
-  auto scr = [&](int tid) { return scratch.data() + scratch_elems * tid; };
+  // uninitialized: the kernels write their scratch before reading it
+  std::unique_ptr<A[]> scratch(new A[static_cast<std::size_t>(scratch_elems * nt)]);
+  auto scr = [&](int tid) { return scratch.get() + scratch_elems * tid; };
   const auto acc_n = static_cast<std::size_t>(2 * g.C);
   if (P == 1) {
     std::vector<double> acc(Stats ? acc_n * static_cast<std::size_t>(nt) : 0);

@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <memory>
 #include <vector>
 
 #include "normcpp/normcpp.hpp"
@@ -74,25 +75,27 @@ struct Coefs {
   static constexpr i64 kInline = 64;
   i64 n;
   A ainline[3 * kInline];
-  double dinline[2 * kInline];
-  std::vector<A> abuf;
-  std::vector<double> dbuf;
+  double dinline[4 * kInline];
+  std::unique_ptr<A[]> abuf;  // uninitialized: every slot is set before it is read
+  std::unique_ptr<double[]> dbuf;
   A *M, *Sc, *B;
-  double *mean, *var;
+  double *mean, *var, *w, *b;  // w, b: only for set_all
   explicit Coefs(i64 count) : n(count) {
     A* a = ainline;
     double* d = dinline;
     if (count > kInline) {
-      abuf.resize(static_cast<std::size_t>(3 * count));
-      dbuf.resize(static_cast<std::size_t>(2 * count));
-      a = abuf.data();
-      d = dbuf.data();
+      abuf.reset(new A[static_cast<std::size_t>(3 * count)]);
+      dbuf.reset(new double[static_cast<std::size_t>(4 * count)]);
+      a = abuf.get();
+      d = dbuf.get();
     }
     M = a;
     Sc = a + count;
     B = a + 2 * count;
     mean = d;
     var = d + count;
+    w = d + 2 * count;
+    b = d + 3 * count;
   }
   Coefs(const Coefs&) = delete;
   Coefs& operator=(const Coefs&) = delete;
@@ -103,6 +106,18 @@ struct Coefs {
     M[u] = static_cast<A>(m);
     Sc[u] = static_cast<A>(w * inv_std(v, eps));
     B[u] = static_cast<A>(b);
+  }
+  // Every slot at once from mean[], var[] and the parameters (bitwise set()'s values): the
+  // kernel takes the square roots and divisions 4 at a time.
+  template <class T>
+  void set_all(ParamRef weight, ParamRef bias, double eps) {
+    const double* wp = weight.present() ? w : nullptr;
+    const double* bp = bias.present() ? b : nullptr;
+    for (i64 i = 0; i < n; ++i) {
+      if (wp) w[i] = weight.get(i);
+      if (bp) b[i] = bias.get(i);
+    }
+    Kern<T>::get().coefs(n, mean, var, wp, bp, eps, M, Sc, B);
   }
 };
 
@@ -175,7 +190,11 @@ void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight
     cf.set(c, m.mean, biased_var(m), param_or(weight, c, 1.0), param_or(bias, c, 0.0), eps);
   };
   if (!training) {
-    for (i64 c = 0; c < C; ++c) finish(c, Moments{1.0, running.mean.get(c), running.var.get(c)});
+    for (i64 c = 0; c < C; ++c) {
+      cf.mean[c] = running.mean.get(c);
+      cf.var[c] = running.var.get(c);
+    }
+    cf.template set_all<T>(weight, bias, eps);
     channel_pass<false, true, T>(t, finish, cf.M, cf.Sc, cf.B, act);
     write_saved(saved, cf.mean, cf.var, cf.n, eps);
     return;
