@@ -25,6 +25,10 @@ std::int64_t stream_threshold();
 bool stream_threshold_is_auto();
 // Bytes of a core's L2 cache (0 if unknown).
 std::int64_t l2_cache_bytes();
+// Output bytes from which a pass is taken to run from memory rather than the caches: the
+// automatic streaming threshold, from the cache sizes alone (not NORMCPP_STREAM_BYTES or
+// set_stream_threshold, so that a kernel choice made by it never changes with them).
+std::int64_t memory_bound_bytes();
 
 // Threads to use for `work` elements spread over `items` independent items.
 inline int threads_for(std::int64_t work, std::int64_t items) {

@@ -106,9 +106,7 @@ std::int64_t cache_bytes(int level) {  // read once (set_stream_threshold(-1) as
   return level == 2 ? l2 : l3;
 }
 
-std::int64_t default_stream_threshold() {
-  std::int64_t env = 0;
-  if (env_stream_bytes(&env)) return env;
+std::int64_t cache_stream_bytes() {
   constexpr std::int64_t kMiB = 1024 * 1024;
   // A fit to the three machines measured (repeated out-of-place calls, plain vs streamed
   // stores; bench/SCALING.md):
@@ -125,6 +123,12 @@ std::int64_t default_stream_threshold() {
   std::int64_t q = llc / 4;
   if (l2 > 0 && q > 8 * l2) q = 8 * l2;
   return q < 2 * kMiB ? 2 * kMiB : q;
+}
+
+std::int64_t default_stream_threshold() {
+  std::int64_t env = 0;
+  if (env_stream_bytes(&env)) return env;
+  return ops::memory_bound_bytes();
 }
 
 std::atomic<std::int64_t>& stream_setting() {
@@ -147,6 +151,10 @@ std::atomic<bool>& stream_auto() {
 namespace ops {
 int configured_threads() { return thread_setting().load(std::memory_order_relaxed); }
 std::int64_t l2_cache_bytes() { return cache_bytes(2); }
+std::int64_t memory_bound_bytes() {
+  static const std::int64_t b = cache_stream_bytes();
+  return b;
+}
 std::int64_t stream_threshold() { return stream_setting().load(std::memory_order_relaxed); }
 bool stream_threshold_is_auto() { return stream_auto().load(std::memory_order_relaxed); }
 }  // namespace ops
