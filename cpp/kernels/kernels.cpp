@@ -258,14 +258,6 @@ NORMCPP_ALWAYS_INLINE inline void write_row(T* y, i64 n, bool stream, VecF&& vec
   for (; i < n; ++i) y[i] = one(i);
 }
 
-// Moments of one block x[0..len), len >= 1 (see the file comment). Pass 1 sums x - K and
-// (x - K)^2 about K = the mean of 8 elements spread over the block (in double: a constant
-// block gives K == the constant). Kept when 2 S^2 <= len Q, i.e. K within one standard
-// deviation of the block mean: then Q <= 2 M2 and M2 = Q - S^2/len costs at most one bit of
-// the float32 lane sums (a sample mean of 8 is off by std/sqrt(8) on average: for most data
-// one pass suffices). Otherwise pass 2 sums d = x - m_b and d^2 about the block mean
-// m_b = K + S/len. One pass instead of two from L1: LayerNorm (8,512,768) at one thread
-// 864 -> 708 us (RMSNorm, one pass of sums of squares: 591 us).
 // Sums of d = x - k and d^2 over x[0..len), lane sums in A (4 vectors apart), totals in
 // double.
 template <class T>
@@ -305,6 +297,14 @@ NORMCPP_ALWAYS_INLINE inline void shifted_sums(const T* x, i64 len, typename VT<
   sumsq = sq;
 }
 
+// Moments of one block x[0..len), len >= 1 (see the file comment). Pass 1 sums x - K and
+// (x - K)^2 about K = the mean of 8 elements spread over the block (in double: a constant
+// block gives K == the constant). Kept when 2 S^2 <= len Q, i.e. K within one standard
+// deviation of the block mean: then Q <= 2 M2 and M2 = Q - S^2/len costs at most one bit of
+// the float32 lane sums (a sample mean of 8 is off by std/sqrt(8) on average: for most data
+// one pass suffices). Otherwise pass 2 sums d = x - m_b and d^2 about the block mean
+// m_b = K + S/len. One pass instead of two from L1: LayerNorm (8,512,768) at one thread
+// 864 -> 708 us (RMSNorm, one pass of sums of squares: 591 us).
 template <class T>
 inline Moments block_moments(const T* x, i64 len) {
   using Tr = VT<T>;
