@@ -17,6 +17,10 @@ using i64 = std::int64_t;
 // A slot this small is reduced and normalized in one visit: its 448 KB of float32 still sit in
 // a 512 KB L2 for the second read (a BN channel of (32, 64, 56, 56) is 100,352 elements).
 constexpr i64 kFuseElems = 112 * 1024;
+// Slots of several runs are reduced and normalized in rounds of about this many elements
+// (4 MB of float32: in the last-level cache between the two visits).
+constexpr i64 kMemRoundElems = 1024 * 1024;
+inline i64 imin_i64(i64 a, i64 b) { return a < b ? a : b; }
 // Larger slots' statistics are computed in chunks of about this many elements.
 constexpr i64 kChunkElems = 32768;
 
@@ -122,6 +126,36 @@ void run_driver(const RunGeom& g, Reduce reduce, Finish finish, Apply apply) {
     }
   }
   const i64 P = chunks_for(E);
+  if (P == 1 && g.K > 1) {
+    // Slots of several runs (BatchNorm NCHW: a channel is N planes, run_stride apart): rounds
+    // of slots, each round's runs reduced in memory order (run k of every slot of the round,
+    // then run k + 1), each slot's run moments merged in run order (reduce_range's values),
+    // then the round normalized in memory order while it is still in the caches. Slot by
+    // slot, the reads jump run_stride ahead after every run: BatchNorm training statistics
+    // NCHW (32,64,56,56) took 1.7x a sequential read (1747 vs 1051 us); in rounds 1.0x, and
+    // the training forward 2650-2880 -> 2300 us (1 thread, min of interleaved runs).
+    const i64 gs = imin_i64(g.slots, kMemRoundElems / E > 1 ? kMemRoundElems / E : 1);
+    std::vector<Moments> part(static_cast<std::size_t>(gs * g.K));
+    const int nt = threads_for(total, gs * g.K);
+    for (i64 s0 = 0; s0 < g.slots; s0 += gs) {
+      const i64 ns = imin_i64(gs, g.slots - s0);
+      parallel_for(ns * g.K, nt, [&](i64 i, int) {
+        const i64 k = i / ns, s = s0 + i % ns;
+        part[static_cast<std::size_t>((s - s0) * g.K + k)] =
+            reduce(s, s * g.slot_stride + k * g.run_stride, g.L);
+      });
+      for (i64 j = 0; j < ns; ++j) {
+        Moments m;
+        for (i64 k = 0; k < g.K; ++k) m = Merge{}(m, part[static_cast<std::size_t>(j * g.K + k)]);
+        finish(s0 + j, m);
+      }
+      parallel_for(ns * g.K, nt, [&](i64 i, int) {
+        const i64 k = i / ns;
+        apply(s0 + i % ns, k * g.L, (k + 1) * g.L);
+      });
+    }
+    return;
+  }
   if (P == 1) {
     parallel_for(g.slots, threads_for(total, g.slots), [&](i64 s, int) {
       if constexpr (Stats) finish(s, reduce_range<Merge>(g, s, 0, E, reduce));
