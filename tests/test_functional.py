@@ -713,3 +713,16 @@ def test_short_rows_do_not_depend_on_the_row_count(nshape, rms):
     for (k, n), part in zip(((0, 1), (3, 5), (9, 8), (17, 53)), parts):
         for got, want in zip(part, full):
             np.testing.assert_array_equal(got, want[k:k + n])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_eval_long_planes(dtype, rng):
+    """Eval batch norm over planes longer than a work item (33,000 > 32,768 elements: the
+    planes are cut in chunks, walked in memory order) against the float64 reference."""
+    shape = (3, 2, 33000)
+    x = make_input(rng, shape, dtype)
+    rm = rng.standard_normal(2)
+    rv = rng.uniform(0.5, 3.0, 2)
+    w, b = rng.standard_normal(2), rng.standard_normal(2)
+    y_ref, _, _ = ref.batch_norm(x, rm, rv, w, b, training=False, momentum=0.1, eps=1e-5)
+    assert_close(nc.batch_norm(x, rm, rv, w, b, training=False), y_ref, dtype)

@@ -1199,6 +1199,18 @@ void apply_scalar(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::
   });
 }
 
+template <class T>
+void apply_runs(const T* x, T* y, i64 nruns, i64 L, i64 c0, i64 C, const typename VT<T>::A* M,
+                const typename VT<T>::A* S, const typename VT<T>::A* B, int act, bool stream) {
+  with_act(act, [&](auto tag) {
+    i64 c = c0;
+    for (i64 r = 0; r < nruns; ++r) {
+      apply_scalar_impl<decltype(tag)::value>(x + r * L, y + r * L, L, M[c], S[c], B[c], stream);
+      if (++c == C) c = 0;
+    }
+  });
+}
+
 // Plain-stored channels-last apply with the period's coefficients held in registers: G
 // vectors of columns (G * W <= P) of `nrows` period rows at x, y (row stride P), M, S, B the
 // coefficients of those columns. Each vector costs one load, not four (the element lambda of
@@ -1728,7 +1740,7 @@ void bwd_cl(const T* x, const T* dy, T* dx, i64 rows, i64 C, const typename VT<T
 template <class T>
 constexpr TypedKernels<T, typename VT<T>::A> typed() {
   return {&run_moments<T>, &run_sumsq<T>, &cl_scratch_elems<T>, &cl_moments<T>,
-          &apply_scalar<T>, &apply_cl<T>,  &apply_row<T>,        &coefs<T>, &run_dot<T>,
+          &apply_scalar<T>, &apply_runs<T>, &apply_cl<T>,  &apply_row<T>,        &coefs<T>, &run_dot<T>,
           &cl_dot<T>,       &tile_dot_cols<T>, &bwd_row<T>,          &bwd_cl<T>,
           &short_rows<T>};
 }

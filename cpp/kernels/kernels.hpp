@@ -33,6 +33,11 @@ struct TypedKernels {
   // `stream`: write the output with non-temporal stores where the ISA has them (float32 on
   // x86; the values are bitwise those of plain stores). y[i] = act((x[i] - m) * a + b).
   void (*apply_scalar)(const T* x, T* y, std::int64_t n, A m, A a, A b, int act, bool stream);
+  // nruns runs of L elements back to back, run r of channel c = (c0 + r) % C:
+  // y = act((x - M[c]) * S[c] + B[c]) (apply_scalar per run, without a call through the table
+  // for each: NCHW planes in memory order).
+  void (*apply_runs)(const T* x, T* y, std::int64_t nruns, std::int64_t L, std::int64_t c0,
+                     std::int64_t C, const A* M, const A* S, const A* B, int act, bool stream);
   // Channels-last rows x C: y[r][c] = act((x[r][c] - M[c]) * S[c] + B[c]).
   void (*apply_cl)(const T* x, T* y, std::int64_t rows, std::int64_t C, const A* M, const A* S,
                    const A* B, A* scratch, int act, bool stream);
