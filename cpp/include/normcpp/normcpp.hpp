@@ -150,8 +150,9 @@ bool has_openmp();
 // Outputs of at least this many bytes are written with non-temporal (streaming) stores, which
 // bypass the caches: no read-for-ownership of each output line, and the inputs keep the cache.
 // The values are bitwise the same either way; an output written over an input (in place) is
-// never streamed. Default: an eighth of the last-level cache within [2, 4] MiB (4 MiB where
-// the cache size is unknown), and then only where each thread's share of input and output
+// never streamed. Default: a quarter of the last-level cache, at most 8 L2 caches and at
+// least 2 MiB (4 MiB where the last-level cache is over 64 MiB or its size unknown; sizes
+// from Linux's sysfs, else sysconf), and then only where each thread's share of input and output
 // (2 x bytes / threads) exceeds half a core's L2 (a smaller share stays cached for its
 // reader); or NORMCPP_STREAM_BYTES from the environment, which like a value set here streams
 // from exactly that many bytes. A negative value restores the default; 0 streams every output.
