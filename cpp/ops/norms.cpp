@@ -4,8 +4,10 @@
 //  run driver  — slots made of K contiguous runs of length L (NCHW batch norm: slot = channel,
 //                runs = its N planes; instance/group/layer norm: one run per slot). A slot of
 //                <= kFuseElems elements is reduced and normalized by one thread in one visit
-//                (the second read hits L2). Larger slots are cut into fixed chunks whose
-//                moments are merged in chunk order, then normalized in a second pass.
+//                (the second read hits L2); such slots of several runs go in rounds of slots,
+//                their runs in memory order (the second read hits the last-level cache).
+//                Larger slots are cut into fixed chunks whose moments are merged in chunk
+//                order, then normalized in a second pass. Eval (apply only) walks memory order.
 //  cl driver   — channels-last samples (rows x C): per-channel moments of fixed row chunks,
 //                merged in chunk order; small samples are fused the same way.
 // Chunk boundaries depend only on the shape, so results are bitwise identical for any
@@ -13,11 +15,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
-#include <memory>
 #include <vector>
 
 #include "normcpp/normcpp.hpp"
