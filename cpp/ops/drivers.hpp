@@ -2,6 +2,7 @@
 // into items whose boundaries depend only on the shape, so results never depend on threads.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -20,7 +21,6 @@ constexpr i64 kFuseElems = 112 * 1024;
 // Slots of several runs are reduced and normalized in rounds of about this many elements
 // (4 MB of float32: in the last-level cache between the two visits).
 constexpr i64 kMemRoundElems = 1024 * 1024;
-inline i64 imin_i64(i64 a, i64 b) { return a < b ? a : b; }
 // Larger slots' statistics are computed in chunks of about this many elements.
 constexpr i64 kChunkElems = 32768;
 
@@ -134,11 +134,11 @@ void run_driver(const RunGeom& g, Reduce reduce, Finish finish, Apply apply) {
     // slot, the reads jump run_stride ahead after every run: BatchNorm training statistics
     // NCHW (32,64,56,56) took 1.7x a sequential read (1747 vs 1051 us); in rounds 1.0x, and
     // the training forward 2650-2880 -> 2300 us (1 thread, min of interleaved runs).
-    const i64 gs = imin_i64(g.slots, kMemRoundElems / E > 1 ? kMemRoundElems / E : 1);
+    const i64 gs = std::min(g.slots, std::max(kMemRoundElems / E, i64{1}));
     std::vector<Moments> part(static_cast<std::size_t>(gs * g.K));
     const int nt = threads_for(total, gs * g.K);
     for (i64 s0 = 0; s0 < g.slots; s0 += gs) {
-      const i64 ns = imin_i64(gs, g.slots - s0);
+      const i64 ns = std::min(gs, g.slots - s0);
       parallel_for(ns * g.K, nt, [&](i64 i, int) {
         const i64 k = i / ns, s = s0 + i % ns;
         part[static_cast<std::size_t>((s - s0) * g.K + k)] =

@@ -12,6 +12,7 @@
 //                merged in chunk order; small samples are fused the same way.
 // Chunk boundaries depend only on the shape, so results are bitwise identical for any
 // thread count.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -46,10 +47,10 @@ void channel_pass(const NCSRef& t, Finish finish, const typename Kern<T>::A* M,
     // Apply only, planes in memory order, whole planes per work item: one kernel call per
     // item, not per plane (BN eval (8,256,28,28): 2048 planes of 784).
     const i64 runs = t.N * C;
-    const i64 per = t.S > 0 ? (kChunkElems / t.S > 1 ? kChunkElems / t.S : 1) : runs;
-    const i64 items = runs > 0 ? (runs + per - 1) / per : 0;
+    const i64 per = std::max(kChunkElems / std::max(t.S, i64{1}), i64{1});  // planes an item
+    const i64 items = (runs + per - 1) / per;
     parallel_for(items, threads_for(runs * t.S, items), [&](i64 j, int) {
-      const i64 r0 = j * per, r1 = runs - r0 < per ? runs : r0 + per;
+      const i64 r0 = j * per, r1 = std::min(runs, r0 + per);
       k.apply_runs(x + r0 * t.S, y + r0 * t.S, r1 - r0, t.S, r0 % C, C, M, Sc, B, act, st);
     });
     return;
