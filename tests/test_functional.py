@@ -715,6 +715,44 @@ def test_short_rows_do_not_depend_on_the_row_count(nshape, rms):
             np.testing.assert_array_equal(got, want[k:k + n])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offset", [0.5, -100.0])
+@pytest.mark.parametrize("case", ["bn_rows", "bn_nhwc", "in_nhwc"])
+def test_channel_strips(case, offset, dtype, rng):
+    """Channels-last samples too large to normalize in one visit but with wide rows go by
+    strips of channels over all rows (BatchNorm (300, 1003): strips of 336, 336 and 331
+    channels, the last not whole vectors; InstanceNorm of 400 x 600 samples: 208, 208, 184).
+    Against the float64 reference with the running statistics, with a large common offset
+    (the statistics' one-pass shift), and bitwise the same for 1 and 2 threads."""
+    shape = {"bn_rows": (300, 1003), "bn_nhwc": (3, 1003, 10, 10),
+             "in_nhwc": (2, 600, 20, 20)}[case]
+    x = make_input(rng, shape, dtype, offset=offset)
+    if case != "bn_rows":
+        x = to_layout(x, "channels_last")
+    C = shape[1]
+    w, b = random_params(rng, C, np.float32), random_params(rng, C, np.float32)
+    rm0, rv0 = random_params(rng, C, np.float32), random_params(rng, C, np.float32, True)
+    fn, rfn = ((nc.instance_norm, ref.instance_norm) if case == "in_nhwc" else
+               (lambda *a, **k: nc.batch_norm(*a, training=True, **k),
+                lambda *a, **k: ref.batch_norm(*a, training=True, **k)))
+    y_ref, rm_ref, rv_ref = rfn(x, rm0, rv0, w, b, momentum=0.1)
+    old = nc.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2):
+            nc.set_num_threads(t)
+            rm, rv = rm0.copy(), rv0.copy()
+            outs.append((fn(x, rm, rv, w, b, momentum=0.1), rm, rv))
+    finally:
+        nc.set_num_threads(old)
+    (y1, rm1, rv1), (y2, rm2, rv2) = outs
+    assert_close(y1, y_ref, dtype)
+    assert_stats_close(rm1, rm_ref, dtype, np.float32)
+    assert_stats_close(rv1, rv_ref, dtype, np.float32)
+    for got, want in ((y2, y1), (rm2, rm1), (rv2, rv1)):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batch_norm_eval_long_planes(dtype, rng):
     """Eval batch norm over planes longer than a work item (33,000 > 32,768 elements: the

@@ -711,30 +711,33 @@ void strip_pass(const T* x, i64 nrows, i64 ld, i64 wd, i64 tail, const typename 
   }
 }
 
-// One statistics pass over a block of nrows pattern rows of L elements (plus `tail`): wide
-// rows front to back, narrow ones in column strips.
+// One statistics pass over a block of nrows pattern rows of L elements with row stride ld
+// (plus `tail`): wide rows front to back, narrow ones in column strips.
 template <bool Sq, class T>
-inline void stats_pass(const T* x, i64 nrows, i64 L, i64 tail, const typename VT<T>::A* K,
-                       typename VT<T>::A* S, typename VT<T>::A* Q, const T* next = nullptr) {
+inline void stats_pass(const T* x, i64 nrows, i64 ld, i64 L, i64 tail,
+                       const typename VT<T>::A* K, typename VT<T>::A* S, typename VT<T>::A* Q,
+                       const T* next = nullptr) {
   if (L >= kRowPeriod)
-    row_block_pass<Sq>(x, nrows, L, L, tail, K, S, Q, next);
+    row_block_pass<Sq>(x, nrows, ld, L, tail, K, S, Q, next);
   else
-    strip_pass<Sq>(x, nrows, L, L, tail, K, S, Q);
+    strip_pass<Sq>(x, nrows, ld, L, tail, K, S, Q);
 }
 
 // Per-channel moments of a channels-last block of rows. With a period P = lcm(C, lanes) the
 // block is seen as whole periods (rows of P elements) plus a partial one, and position p
 // belongs to channel p mod C; otherwise as rows of C with scalar channel tails. Blocks of
 // kClBlock elements stay in L1/L2 for the second pass; each block's moments are merged into
-// the running per-channel (mean, m2) in double.
+// the running per-channel (mean, m2) in double. Rows with a stride ld > C (a strip of the
+// channels of wider rows) are always seen as rows of C.
 constexpr i64 kClBlock = 32768;
 
 template <class T>
-void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double* mean,
+void cl_moments(const T* x, i64 rows, i64 C, i64 ld, typename VT<T>::A* scratch, double* mean,
                 double* m2, double* count) {
   using Tr = VT<T>;
   using A = typename Tr::A;
-  const i64 P = cl_period<T>(C);
+  const bool dense = ld == C;
+  const i64 P = dense ? cl_period<T>(C) : 0;
   const i64 L = P ? P : C;  // pattern length
   A* K = scratch;           // block shift, then block mean, per pattern position
   A* S = scratch + L;       // sum of x - K, then of d
@@ -742,16 +745,17 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
   const i64 R = imax(1, kClBlock / C);
   for (i64 r0 = 0; r0 < rows; r0 += R) {
     const i64 nr = imin(R, rows - r0);
-    const T* blk = x + r0 * C;
+    const T* blk = x + r0 * ld;
     const i64 n = nr * C;
     const i64 nrows = P ? n / P : nr, tail = P ? n - (n / P) * P : 0;
-    const T* next = r0 + nr < rows ? blk + n : nullptr;
+    const i64 rs = P ? P : ld;  // row stride of the pattern rows
+    const T* next = dense && r0 + nr < rows ? blk + n : nullptr;
     const double nb = static_cast<double>(nr);
     // S = sum(x - K), Q = sum((x - K)^2) per channel, K[0..C) first repeated over the period.
     const auto deviation_pass = [&] {
       if (P) expand_period(K, C, K, P);
       for (i64 p = 0; p < L; ++p) S[p] = Q[p] = A(0);
-      stats_pass<true>(blk, nrows, L, tail, K, S, Q, next);
+      stats_pass<true>(blk, nrows, rs, L, tail, K, S, Q, next);
       fold_period(S, C, L);
       fold_period(Q, C, L);
     };
@@ -767,7 +771,7 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
     if (m >= 16) {
       for (i64 c = 0; c < C; ++c) K[c] = A(0);
       for (i64 i = 0; i < m; ++i) {
-        const T* row = blk + ((2 * i + 1) * nr / (2 * m)) * C;
+        const T* row = blk + ((2 * i + 1) * nr / (2 * m)) * ld;
         i64 c = 0;  // (vectors: float16 converts 8 at a time, not one)
         for (; c + Tr::W <= C; c += Tr::W)
           VT<A>::store(K + c, VT<A>::load(K + c) + Tr::load(row + c));
@@ -786,7 +790,7 @@ void cl_moments(const T* x, i64 rows, i64 C, typename VT<T>::A* scratch, double*
       for (i64 c = 0; c < C; ++c) K[c] = Tr::to_a(blk[c]);
       if (P) expand_period(K, C, K, P);
       for (i64 p = 0; p < L; ++p) S[p] = A(0);
-      stats_pass<false>(blk, nrows, L, tail, K, S, Q);
+      stats_pass<false>(blk, nrows, rs, L, tail, K, S, Q);
       fold_period(S, C, L);
     }
     if (!one_pass) {
@@ -1285,13 +1289,16 @@ NORMCPP_ALWAYS_INLINE inline void cl_tiled_write(const T* x, T* y, i64 n, i64 P,
 }
 
 template <int Act, class T>
-NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typename VT<T>::A* M,
-                   const typename VT<T>::A* S, const typename VT<T>::A* B,
-                   typename VT<T>::A* scratch, bool stream) {
+NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, i64 ld,
+                                    const typename VT<T>::A* M, const typename VT<T>::A* S,
+                                    const typename VT<T>::A* B, typename VT<T>::A* scratch,
+                                    bool stream) {
   using Tr = VT<T>;
   using A = typename Tr::A;
   const bool st = stream && kStreamable<Act>;
-  const i64 P = st && kCanStream<T> ? cl_stream_period<T>(C) : cl_period<T>(C);
+  const i64 P = ld != C                ? 0
+                : st && kCanStream<T> ? cl_stream_period<T>(C)
+                                      : cl_period<T>(C);
   // Element i with the coefficients at channel position o of Mp, Sp, Bp.
   const A *Mp = M, *Sp = S, *Bp = B;
   const auto vec = [&](i64 i, i64 o) NORMCPP_ALWAYS_INLINE {
@@ -1318,18 +1325,38 @@ NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, const typ
     cl_periodic_write(y, rows * C, P, st, vec, one);
     return;
   }
-  for (i64 i0 = 0; i0 < rows * C; i0 += C)  // wide channel counts: row by row
+  i64 r = 0;
+  if (!st) {
+    // Wide channel counts, strips: rows four at a time, each vector of coefficients loaded
+    // once for the four (one load of them per output vector is the bound: 4 loads, 1 store).
+    using V = typename Tr::V;
+    constexpr i64 W = Tr::W;
+    const i64 nv = C - C % W;
+    for (; r + 4 <= rows; r += 4) {
+      const i64 i0 = r * ld;
+      for (i64 c = 0; c < nv; c += W) {
+        const V m = VT<A>::load(M + c), s = VT<A>::load(S + c), b = VT<A>::load(B + c);
+        for (i64 k = 0; k < 4; ++k) {
+          const i64 i = i0 + k * ld + c;
+          Tr::store(y + i, activate<Act>((Tr::load(x + i) - m) * s + b));
+        }
+      }
+      for (i64 k = 0; k < 4; ++k)
+        for (i64 c = nv; c < C; ++c) y[i0 + k * ld + c] = one(i0 + k * ld + c, c);
+    }
+  }
+  for (i64 i0 = r * ld; i0 < rows * ld; i0 += ld)  // row by row
     write_row(
         y + i0, C, st, [&](i64 c) NORMCPP_ALWAYS_INLINE { return vec(i0 + c, c); },
         [&](i64 c) { return one(i0 + c, c); });
 }
 
 template <class T>
-void apply_cl(const T* x, T* y, i64 rows, i64 C, const typename VT<T>::A* M,
+void apply_cl(const T* x, T* y, i64 rows, i64 C, i64 ld, const typename VT<T>::A* M,
               const typename VT<T>::A* S, const typename VT<T>::A* B,
               typename VT<T>::A* scratch, int act, bool stream) {
   with_act(act, [&](auto tag) {
-    apply_cl_impl<decltype(tag)::value>(x, y, rows, C, M, S, B, scratch, stream);
+    apply_cl_impl<decltype(tag)::value>(x, y, rows, C, ld, M, S, B, scratch, stream);
   });
 }
 

@@ -25,10 +25,11 @@ struct TypedKernels {
   double (*run_sumsq)(const T* x, std::int64_t n);
   // Scratch (elements of A) cl_moments/apply_cl need for C channels.
   std::int64_t (*cl_scratch_elems)(std::int64_t C);
-  // Per-channel moments of a contiguous rows x C matrix, merged (Chan) into mean[C], m2[C]
-  // whose common count is *count (updated).
-  void (*cl_moments)(const T* x, std::int64_t rows, std::int64_t C, A* scratch, double* mean,
-                     double* m2, double* count);
+  // Per-channel moments of a rows x C matrix with row stride ld >= C (ld == C: contiguous;
+  // ld > C: a strip of channels of wider rows), merged (Chan) into mean[C], m2[C] whose
+  // common count is *count (updated).
+  void (*cl_moments)(const T* x, std::int64_t rows, std::int64_t C, std::int64_t ld,
+                     A* scratch, double* mean, double* m2, double* count);
   // The apply kernels end with activation `act` (normcpp::Activation as int; 0 = none).
   // `stream`: write the output with non-temporal stores where the ISA has them (float32 on
   // x86; the values are bitwise those of plain stores). y[i] = act((x[i] - m) * a + b).
@@ -38,9 +39,10 @@ struct TypedKernels {
   // for each: NCHW planes in memory order).
   void (*apply_runs)(const T* x, T* y, std::int64_t nruns, std::int64_t L, std::int64_t c0,
                      std::int64_t C, const A* M, const A* S, const A* B, int act, bool stream);
-  // Channels-last rows x C: y[r][c] = act((x[r][c] - M[c]) * S[c] + B[c]).
-  void (*apply_cl)(const T* x, T* y, std::int64_t rows, std::int64_t C, const A* M, const A* S,
-                   const A* B, A* scratch, int act, bool stream);
+  // Channels-last rows x C, row stride ld >= C (of x and y):
+  // y[r][c] = act((x[r][c] - M[c]) * S[c] + B[c]).
+  void (*apply_cl)(const T* x, T* y, std::int64_t rows, std::int64_t C, std::int64_t ld,
+                   const A* M, const A* S, const A* B, A* scratch, int act, bool stream);
   // One row: y[j] = act((x[j] - m) * s * W[j] + B[j]); W and/or B may be null (1 and 0).
   void (*apply_row)(const T* x, T* y, std::int64_t n, A m, A s, const A* W, const A* B,
                     int act, bool stream);

@@ -258,6 +258,52 @@ void cl_driver(const CLGeom& g, i64 scratch_elems, Reduce reduce, Merge merge, F
   }
 }
 
+// Channel strips: a channels-last sample too large to fuse (rows * C > kFuseElems) whose rows
+// are wide (BatchNorm (256, 1024)) is cut into strips of channels over all of its rows
+// instead of chunks of rows. A strip's moments need no merge, and its data (<= kFuseElems
+// elements) is still in L2 when it is normalized: the input is read once from memory, not
+// twice, and each block of the statistics has the rows for one pass (a strip of 256 channels
+// of 256 rows: blocks of 128 rows). Strips are runs of at least kMinStrip elements, so the
+// prefetchers follow them, and whole vectors of 16 elements wide but the last.
+constexpr i64 kMinStrip = 256;
+// Strips of a (rows x C) sample: 0 where it is fused whole or its strips would be too narrow;
+// at least 4 where C allows it (work for 2 and 4 threads). A function of the shape only.
+inline i64 cl_strips(i64 rows, i64 C) {
+  if (rows * C <= kFuseElems) return 0;
+  const i64 wmax = kFuseElems / rows;
+  if (wmax < kMinStrip) return 0;
+  return std::max((C + wmax - 1) / wmax, std::min(i64{4}, C / kMinStrip));
+}
+inline i64 cl_strip_width(i64 C, i64 strips) { return ((C + strips - 1) / strips + 15) / 16 * 16; }
+
+// cl_driver by strips (cl_strips(rows, C) of them, > 0): per sample s and strip [c0, c1),
+// reduce(s, c0, c1, scratch, mean, m2, &n) sets the strip's per-channel moments (count n
+// from 0), finish(s, c0, c1, mean, m2, n), then apply(s, c0, c1, scratch) in the same visit.
+// Without Stats: apply only.
+template <bool Stats, class A, class Reduce, class Finish, class Apply>
+void cl_strip_driver(const CLGeom& g, i64 strips, i64 scratch_elems, Reduce reduce,
+                     Finish finish, Apply apply) {
+  const i64 w = cl_strip_width(g.C, strips);
+  const i64 items = g.samples * strips;
+  const int nt = threads_for(g.samples * g.rows * g.C, items);
+  // uninitialized: the kernels write their scratch, and cl_moments its moments, first
+  std::unique_ptr<A[]> scratch(new A[static_cast<std::size_t>(scratch_elems * nt)]);
+  std::unique_ptr<double[]> acc(new double[static_cast<std::size_t>(Stats ? 2 * w * nt : 1)]);
+  parallel_for(items, nt, [&](i64 i, int tid) {
+    const i64 s = i / strips, c0 = std::min(g.C, (i % strips) * w), c1 = std::min(g.C, c0 + w);
+    if (c0 == c1) return;
+    A* scr = scratch.get() + scratch_elems * tid;
+    if constexpr (Stats) {
+      double* mean = acc.get() + 2 * w * tid;
+      double* m2 = mean + w;
+      double n = 0.0;
+      reduce(s, c0, c1, scr, mean, m2, &n);
+      finish(s, c0, c1, static_cast<const double*>(mean), static_cast<const double*>(m2), n);
+    }
+    apply(s, c0, c1, scr);
+  });
+}
+
 // Merges for cl_driver accumulators of C channels: (mean, m2) by Chan, or plain sums.
 struct ClChanMerge {
   i64 C;

@@ -67,10 +67,26 @@ void channel_pass(const NCSRef& t, Finish finish, const typename Kern<T>::A* M,
         });
     return;
   }
+  const i64 rows = t.N * t.S, strips = Stats ? cl_strips(rows, C) : 0;
+  if (strips) {
+    cl_strip_driver<Stats, A>(
+        CLGeom{1, rows, C}, strips, k.cl_scratch_elems(C),
+        [&](i64, i64 c0, i64 c1, A* scr, double* mean, double* m2, double* n) {
+          k.cl_moments(x + c0, rows, c1 - c0, C, scr, mean, m2, n);
+        },
+        [&](i64, i64 c0, i64 c1, const double* mean, const double* m2, double n) {
+          for (i64 c = c0; c < c1; ++c) finish(c, Moments{n, mean[c - c0], m2[c - c0]});
+        },
+        [&](i64, i64 c0, i64 c1, A* scr) {
+          if constexpr (Apply)
+            k.apply_cl(x + c0, y + c0, rows, c1 - c0, C, M + c0, Sc + c0, B + c0, scr, act, st);
+        });
+    return;
+  }
   cl_driver<Stats, A>(
-      CLGeom{1, t.N * t.S, C}, k.cl_scratch_elems(C),
+      CLGeom{1, rows, C}, k.cl_scratch_elems(C),
       [&](i64, i64 r0, i64 r1, A* scr, double* acc, double* n) {
-        k.cl_moments(x + r0 * C, r1 - r0, C, scr, acc, acc + C, n);
+        k.cl_moments(x + r0 * C, r1 - r0, C, C, scr, acc, acc + C, n);
       },
       ClChanMerge{C},
       [&](i64, const double* acc, double n) {
@@ -78,7 +94,7 @@ void channel_pass(const NCSRef& t, Finish finish, const typename Kern<T>::A* M,
       },
       [&](i64, i64 r0, i64 r1, A* scr) {
         if constexpr (Apply)
-          k.apply_cl(x + r0 * C, y + r0 * C, r1 - r0, C, M, Sc, B, scr, act, st);
+          k.apply_cl(x + r0 * C, y + r0 * C, r1 - r0, C, C, M, Sc, B, scr, act, st);
       });
 }
 
@@ -257,11 +273,28 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
             if constexpr (Ap)
               k.apply_scalar(x + off, y + off, e1 - e0, cf.M[u], cf.Sc[u], cf.B[u], 0, st);
           });
+    } else if (const i64 strips = St ? cl_strips(S, C) : 0) {
+      cl_strip_driver<St, A>(
+          CLGeom{N, S, C}, strips, k.cl_scratch_elems(C),
+          [&](i64 s, i64 c0, i64 c1, A* scr, double* mean, double* m2, double* n) {
+            k.cl_moments(x + s * S * C + c0, S, c1 - c0, C, scr, mean, m2, n);
+          },
+          [&](i64 s, i64 c0, i64 c1, const double* mean, const double* m2, double n) {
+            for (i64 c = c0; c < c1; ++c)
+              finish(s * C + c, Moments{n, mean[c - c0], m2[c - c0]});
+          },
+          [&](i64 s, i64 c0, i64 c1, A* scr) {
+            const i64 off = s * S * C + c0;
+            const auto u = static_cast<std::size_t>(s * C + c0);
+            if constexpr (Ap)
+              k.apply_cl(x + off, y + off, S, c1 - c0, C, cf.M + u, cf.Sc + u, cf.B + u, scr, 0,
+                         st);
+          });
     } else {
       cl_driver<St, A>(
           CLGeom{N, S, C}, k.cl_scratch_elems(C),
           [&](i64 s, i64 r0, i64 r1, A* scr, double* acc, double* n) {
-            k.cl_moments(x + (s * S + r0) * C, r1 - r0, C, scr, acc, acc + C, n);
+            k.cl_moments(x + (s * S + r0) * C, r1 - r0, C, C, scr, acc, acc + C, n);
           },
           ClChanMerge{C},
           [&](i64 s, const double* acc, double n) {
@@ -271,7 +304,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
             const i64 off = (s * S + r0) * C;
             const auto u = static_cast<std::size_t>(s * C);
             if constexpr (Ap)
-              k.apply_cl(x + off, y + off, r1 - r0, C, cf.M + u, cf.Sc + u, cf.B + u, scr, 0,
+              k.apply_cl(x + off, y + off, r1 - r0, C, C, cf.M + u, cf.Sc + u, cf.B + u, scr, 0,
                          st);
           });
     }
@@ -342,7 +375,7 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
     cl_driver<true, A>(
         CLGeom{N, S, C}, k.cl_scratch_elems(C),
         [&](i64 s, i64 r0, i64 r1, A* scr, double* acc, double* n) {
-          k.cl_moments(x + (s * S + r0) * C, r1 - r0, C, scr, acc, acc + C, n);
+          k.cl_moments(x + (s * S + r0) * C, r1 - r0, C, C, scr, acc, acc + C, n);
         },
         ClChanMerge{C},
         [&](i64 s, const double* acc, double n) {
@@ -356,7 +389,7 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
         [&](i64 s, i64 r0, i64 r1, A* scr) {
           const i64 off = (s * S + r0) * C;
           const auto u = static_cast<std::size_t>(s * C);
-          k.apply_cl(x + off, y + off, r1 - r0, C, cf.M + u, cf.Sc + u,
+          k.apply_cl(x + off, y + off, r1 - r0, C, C, cf.M + u, cf.Sc + u,
                      cf.B + u, scr, act, st);
         });
   }
