@@ -763,11 +763,12 @@ void cl_moments(const T* x, i64 rows, i64 C, i64 ld, typename VT<T>::A* scratch,
     // over the block (for data whose mean does not drift within the block, ~std/3.5 or closer
     // to the block mean). Kept when every channel's shift is small against its spread,
     // (S/n)^2 <= (Q/n) / 2: the block's M2 = Q - S^2/n then cancels at most half of Q (one
-    // bit of the float32 sums). (The shift is off by more than the std, failing the test, for
-    // ~5e-4 of the channels at m = 12: of 256 channels, about one block in eight takes the
-    // second pass. Instance norm (8,256,28,28) NHWC has chunks of 112 rows: m = 14.) Otherwise (data whose mean jumps within the block, a constant
+    // bit of the float32 sums). Otherwise (data whose mean jumps within the block, a constant
     // channel with K rounded off it) the second pass below recomputes S and Q about the
-    // block's own mean; short blocks (wide C) take the two passes directly.
+    // block's own mean; short blocks (wide C) take the two passes directly. (For steady data
+    // the shift is off by more than the std, failing the test, for ~5e-4 of the channels at
+    // m = 12: of 256 channels, about one block in eight takes the second pass. Instance norm
+    // (8,256,28,28) NHWC has chunks of 112 rows: m = 14.)
     const i64 m = imin(32, nr / 8);
     bool one_pass = false;
     if (m >= 12) {
