@@ -56,6 +56,14 @@ def _cells(rng):
     x = arr((2, 1 << 21))
     cells.append(("layer_norm 2 rows of 2M (rows < threads)", x,
                   lambda x, o: nc.layer_norm(x, x.shape[-1], out=o)))
+    # channels-last samples cut into strips of channels (few rows, wide C)
+    for shape in ((256, 1024), (64, 4096)):
+        x = arr(shape)
+        cells.append((f"batch_norm train {shape[0]}x{shape[1]} (channel strips)", x,
+                      lambda x, o: nc.batch_norm(x, training=True, out=o)))
+    x = arr((16, 512, 16, 16), "nhwc")
+    cells.append(("instance_norm 16x512x16x16 nhwc (channel strips)", x,
+                  lambda x, o: nc.instance_norm(x, out=o)))
     return cells
 
 
