@@ -215,10 +215,11 @@ void cl_driver(const CLGeom& g, i64 scratch_elems, Reduce reduce, Merge merge, F
   auto scr = [&](int tid) { return scratch.get() + scratch_elems * tid; };
   const auto acc_n = static_cast<std::size_t>(2 * g.C);
   if (P == 1) {
-    std::vector<double> acc(Stats ? acc_n * static_cast<std::size_t>(nt) : 0);
+    // uninitialized: each sample zeroes its thread's accumulators first
+    std::unique_ptr<double[]> acc(new double[Stats ? acc_n * static_cast<std::size_t>(nt) : 1]);
     parallel_for(g.samples, nt, [&](i64 s, int tid) {
       if constexpr (Stats) {
-        double* a = acc.data() + acc_n * static_cast<std::size_t>(tid);
+        double* a = acc.get() + acc_n * static_cast<std::size_t>(tid);
         for (std::size_t i = 0; i < acc_n; ++i) a[i] = 0.0;
         double n = 0.0;
         reduce(s, i64{0}, g.rows, scr(tid), a, &n);
@@ -229,18 +230,20 @@ void cl_driver(const CLGeom& g, i64 scratch_elems, Reduce reduce, Merge merge, F
     return;
   }
   const i64 gs = Stats ? round_slots(g.samples, P, E, nt) : g.samples;
-  std::vector<double> part(Stats ? acc_n * static_cast<std::size_t>(gs * P) : 0);
+  // uninitialized: zeroed at the start of each round
+  const std::size_t part_n = Stats ? acc_n * static_cast<std::size_t>(gs * P) : 0;
+  std::unique_ptr<double[]> part(new double[part_n > 0 ? part_n : 1]);
   std::vector<double> pn(Stats ? static_cast<std::size_t>(gs * P) : 0);
   std::vector<double> acc(Stats ? acc_n : 0);
   for (i64 s0 = 0; s0 < g.samples; s0 += gs) {
     const i64 round = (g.samples - s0 < gs ? g.samples - s0 : gs) * P;
     if constexpr (Stats) {
-      for (auto& v : part) v = 0.0;
+      std::fill(part.get(), part.get() + part_n, 0.0);
       for (auto& v : pn) v = 0.0;
       parallel_for(round, nt, [&](i64 i, int tid) {
         const i64 s = s0 + i / P, j = i % P;
         reduce(s, chunk_start(g.rows, P, j), chunk_start(g.rows, P, j + 1), scr(tid),
-               part.data() + acc_n * static_cast<std::size_t>(i),
+               part.get() + acc_n * static_cast<std::size_t>(i),
                &pn[static_cast<std::size_t>(i)]);
       });
       for (i64 i0 = 0; i0 < round; i0 += P) {
@@ -248,7 +251,7 @@ void cl_driver(const CLGeom& g, i64 scratch_elems, Reduce reduce, Merge merge, F
         double n = 0.0;
         for (i64 j = 0; j < P; ++j) {
           const auto i = static_cast<std::size_t>(i0 + j);
-          merge(acc.data(), &n, static_cast<const double*>(part.data() + acc_n * i), pn[i]);
+          merge(acc.data(), &n, static_cast<const double*>(part.get() + acc_n * i), pn[i]);
         }
         finish(s0 + i0 / P, static_cast<const double*>(acc.data()), n);
       }
