@@ -9,7 +9,10 @@
 //                Larger slots are cut into fixed chunks whose moments are merged in chunk
 //                order, then normalized in a second pass. Eval (apply only) walks memory order.
 //  cl driver   — channels-last samples (rows x C): per-channel moments of fixed row chunks,
-//                merged in chunk order; small samples are fused the same way.
+//                merged in chunk order; small samples are fused the same way. Samples too
+//                large to fuse with wide rows (few rows, C in the hundreds or more) go by
+//                strips of channels over all rows instead (cl_strip_driver): each strip is
+//                reduced and normalized in one visit, with no merge.
 // Chunk boundaries depend only on the shape, so results are bitwise identical for any
 // thread count.
 #include <algorithm>
