@@ -1804,6 +1804,8 @@ def write_markdown(path, rows, summary, machine, args, elapsed):
                   "| op | cell | threads | ratio | ratio out= |", "|---|---|---:|---:|---:|"]
         for k, c in big.items():
             lines.append(f"| {k} | {c['label']} | {c['threads']} | {_fmt_x(c['ratio'])} | {_fmt_x(c['ratio_out'])} |")
+        lines += ["", ("What one core allows a training op's two visits (statistics, then the "
+                       "normalization) against a copy: bench/ROOFLINE.md (bench/roofline.cpp).")]
     sc = next((v for k, v in summary.items() if k.startswith("thread_scaling_")), None)
     if sc:
         vals = sorted(sc.values())
