@@ -1387,6 +1387,62 @@ void apply_row(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A s
   });
 }
 
+// Rows of up to this many bytes are prefetched one row ahead by norm_rows.
+constexpr i64 kRowPrefetchBytes = 16 * 1024;
+
+// LayerNorm/RMSNorm rows normalized whole, one after another (TypedKernels::norm_rows): per
+// row its moments, the coefficients in double, then apply_row_impl, with no call through the
+// kernel table per row (LayerNorm (512,384) L2-resident, 1 thread, min: 48 -> 41 us; from
+// memory (64,197,384) 1508 -> 1314 us). The next row is prefetched before a row is reduced: a
+// row is reduced and normalized from L1 in passes during which the hardware prefetcher leaves
+// the memory bus idle, and fetching the next row meanwhile overlaps the two (LayerNorm
+// 8x512x768 at one thread: ~8% faster). A prefetch past the end of an array is harmless (it
+// never faults).
+template <int Act, class T, bool HasW, bool HasB>
+NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
+                                     const typename VT<T>::A* Wt, const typename VT<T>::A* Bs,
+                                     double eps, bool rms, bool stream, double* mean,
+                                     double* var) {
+  using A = typename VT<T>::A;
+  const i64 bytes = L * static_cast<i64>(sizeof(T));
+  const double n = static_cast<double>(L);
+  for (i64 r = 0; r < rows; ++r) {
+    const T* xr = x + r * L;
+    if (bytes <= kRowPrefetchBytes) prefetch_range(xr + L, bytes);
+    double mu = 0.0, v;
+    if (rms) {
+      v = clamp_nonneg(run_sumsq(xr, L) / n);
+    } else {
+      const Moments m = run_moments(xr, L);
+      mu = m.mean;
+      v = clamp_nonneg(m.m2 / m.n);
+    }
+    mean[r] = mu;
+    var[r] = v;
+    apply_row_impl<Act, T, HasW, HasB>(xr, y + r * L, L, static_cast<A>(mu),
+                                       static_cast<A>(1.0 / std::sqrt(v + eps)), Wt, Bs, stream);
+  }
+}
+
+template <class T>
+void norm_rows(const T* x, T* y, i64 rows, i64 L, const typename VT<T>::A* Wt,
+               const typename VT<T>::A* Bs, double eps, bool rms, int act, bool stream,
+               double* mean, double* var) {
+  with_act(act, [&](auto tag) {
+    constexpr int Act = decltype(tag)::value;
+    if (Wt && Bs)
+      return norm_rows_impl<Act, T, true, true>(x, y, rows, L, Wt, Bs, eps, rms, stream, mean,
+                                                var);
+    if (Wt)
+      return norm_rows_impl<Act, T, true, false>(x, y, rows, L, Wt, Bs, eps, rms, stream, mean,
+                                                 var);
+    if (Bs)
+      return norm_rows_impl<Act, T, false, true>(x, y, rows, L, Wt, Bs, eps, rms, stream, mean,
+                                                 var);
+    norm_rows_impl<Act, T, false, false>(x, y, rows, L, Wt, Bs, eps, rms, stream, mean, var);
+  });
+}
+
 template <class T>
 void coefs(i64 n, const double* mean, const double* var, const double* w, const double* b,
            double eps, typename VT<T>::A* M, typename VT<T>::A* S, typename VT<T>::A* B) {
@@ -1759,7 +1815,8 @@ void bwd_cl(const T* x, const T* dy, T* dx, i64 rows, i64 C, const typename VT<T
 template <class T>
 constexpr TypedKernels<T, typename VT<T>::A> typed() {
   return {&run_moments<T>, &run_sumsq<T>, &cl_scratch_elems<T>, &cl_moments<T>,
-          &apply_scalar<T>, &apply_runs<T>, &apply_cl<T>,  &apply_row<T>,        &coefs<T>, &run_dot<T>,
+          &apply_scalar<T>, &apply_runs<T>, &apply_cl<T>,  &apply_row<T>,        &norm_rows<T>,
+          &coefs<T>,        &run_dot<T>,
           &cl_dot<T>,       &tile_dot_cols<T>, &bwd_row<T>,          &bwd_cl<T>,
           &short_rows<T>};
 }

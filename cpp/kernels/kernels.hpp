@@ -46,6 +46,12 @@ struct TypedKernels {
   // One row: y[j] = act((x[j] - m) * s * W[j] + B[j]); W and/or B may be null (1 and 0).
   void (*apply_row)(const T* x, T* y, std::int64_t n, A m, A s, const A* W, const A* B,
                     int act, bool stream);
+  // rows x L contiguous, each row normalized whole: its moments by run_moments (rms: mean 0,
+  // M2 = run_sumsq), mean[r] and var[r] = max(M2 / L, 0) in double, then apply_row with
+  // m = mean[r] and s = 1 / sqrt(var[r] + eps), both rounded to A (LayerNorm/RMSNorm).
+  void (*norm_rows)(const T* x, T* y, std::int64_t rows, std::int64_t L, const A* W,
+                    const A* B, double eps, bool rms, int act, bool stream, double* mean,
+                    double* var);
 
   // Affine coefficients of n slots from their statistics, in double then rounded once:
   // M[i] = mean[i], S[i] = w[i] * (1 / sqrt(var[i] + eps)), B[i] = b[i] (w, b may be null: 1

@@ -132,20 +132,6 @@ inline std::vector<double> param_vector_d(const ParamRef& p, i64 n, double dflt)
   return param_vector<double>(p, n, dflt);
 }
 
-// Rows up to this many bytes are prefetched one row (or tile) ahead by the row planners.
-constexpr std::size_t kPrefetchBytes = 16 * 1024;
-
-// Asks the caches for [p, p + bytes) ahead of use, one prefetch per 64-byte line, when the
-// range is at most kPrefetchBytes. A short row is reduced and normalized from L1 in a few
-// passes during which the hardware prefetcher leaves the memory bus idle; fetching the next
-// row meanwhile overlaps the two (LayerNorm 8x512x768 at one thread: ~8% faster). A prefetch
-// past the end of an array is harmless (it never faults).
-inline void prefetch_ahead(const void* p, std::size_t bytes) {
-  if (bytes > kPrefetchBytes) return;
-  const char* c = static_cast<const char*>(p);
-  for (std::size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
-}
-
 inline double inv_std(double var, double eps) { return 1.0 / std::sqrt(var + eps); }
 
 template <class F>

@@ -13,6 +13,8 @@
 //                large to fuse with wide rows (few rows, C in the hundreds or more) go by
 //                strips of channels over all rows instead (cl_strip_driver): each strip is
 //                reduced and normalized in one visit, with no merge.
+//  LayerNorm/RMSNorm rows of up to kFuseElems go to the kernel table's norm_rows in blocks of
+//  rows (one call per block, not three per row); longer rows take the run driver's chunks.
 // Chunk boundaries depend only on the shape, so results are bitwise identical for any
 // thread count.
 #include <algorithm>
@@ -515,7 +517,23 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
     short_rows<T>(x, y, rows, L, W, B, eps, rms, m, is);
     return;
   }
+  const bool st = stream_output<T>(rows * L, y, x);
   std::vector<double> mean(static_cast<std::size_t>(rows)), var(mean);
+  if (L <= kFuseElems) {
+    // Rows normalized whole, each by one thread: the kernel's row loop, blocks of ~8K
+    // elements a work item (results depend only on the row).
+    if (rows * L == 0) return;
+    const i64 per = std::max(kChunkElems / (4 * L), i64{1});
+    const i64 items = (rows + per - 1) / per;
+    parallel_for(items, threads_for(rows * L, items), [&](i64 j, int) {
+      const i64 r0 = j * per, r1 = std::min(rows, r0 + per);
+      k.norm_rows(x + r0 * L, y + r0 * L, r1 - r0, L, W, B, eps, rms, act, st,
+                  mean.data() + r0, var.data() + r0);
+    });
+    write_saved(saved, mean.data(), var.data(), rows, eps);
+    return;
+  }
+  // Longer rows: chunks of each row reduced in parallel and merged, then normalized.
   std::vector<A> Mr(static_cast<std::size_t>(rows)), Ir(Mr);
   auto finish = [&](i64 r, const Moments& m) {
     const auto i = static_cast<std::size_t>(r);
@@ -524,7 +542,6 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
     Mr[i] = static_cast<A>(mean[i]);
     Ir[i] = static_cast<A>(inv_std(var[i], eps));
   };
-  const bool st = stream_output<T>(rows * L, y, x);
   auto apply = [&](i64 r, i64 e0, i64 e1) {
     const auto i = static_cast<std::size_t>(r);
     const i64 off = r * L + e0;
@@ -532,29 +549,18 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
                 B ? B + e0 : nullptr, act, st);
   };
   const RunGeom g{rows, 1, L, 0, L};
-  // A short row is reduced whole (len == L): the next row is prefetched first.
-  const auto next = [&](i64 off, i64 len) {
-    if (len == L) prefetch_ahead(x + off + L, static_cast<std::size_t>(L) * sizeof(T));
-  };
   if (rms) {
     // Moments with the mean pinned at 0: M2 = sum of squares, merged by Chan's formula.
     run_driver<true>(
         g,
         [&](i64, i64 off, i64 len) {
-          next(off, len);
           return Moments{static_cast<double>(len), 0.0, k.run_sumsq(x + off, len)};
         },
         finish, apply);
   } else {
     run_driver<true>(
-        g,
-        [&](i64, i64 off, i64 len) {
-          next(off, len);
-          return k.run_moments(x + off, len);
-        },
-        finish, apply);
+        g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish, apply);
   }
-  if (rows * L == 0) return;
   write_saved(saved, mean.data(), var.data(), static_cast<i64>(mean.size()), eps);
 }
 
