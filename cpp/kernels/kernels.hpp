@@ -52,6 +52,14 @@ struct TypedKernels {
   void (*norm_rows)(const T* x, T* y, std::int64_t rows, std::int64_t L, const A* W,
                     const A* B, double eps, bool rms, int act, bool stream, double* mean,
                     double* var);
+  // nslots slots of R runs of S elements back to back, run j of slot i being channel
+  // (c0 + i * R + j) % C: per slot its moments by run_moments over R * S elements, mean[i] and
+  // var[i] = max(M2 / n, 0) in double, then each run y = act((x - m) * s + b) with m = mean,
+  // s = w[c] / sqrt(var + eps) and b = b[c] computed in double and rounded to A (w, b null: 1
+  // and 0) -- apply_scalar's arithmetic (InstanceNorm, GroupNorm NCHW).
+  void (*norm_slots)(const T* x, T* y, std::int64_t nslots, std::int64_t R, std::int64_t S,
+                     std::int64_t c0, std::int64_t C, const double* w, const double* b,
+                     double eps, int act, bool stream, double* mean, double* var);
 
   // Affine coefficients of n slots from their statistics, in double then rounded once:
   // M[i] = mean[i], S[i] = w[i] * (1 / sqrt(var[i] + eps)), B[i] = b[i] (w, b may be null: 1

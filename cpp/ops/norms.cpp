@@ -265,6 +265,31 @@ void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight
   write_saved(saved, cf.mean, cf.var, cf.n, eps);
 }
 
+// NCHW slots of R runs of S elements, each slot (R * S <= kFuseElems, > 0) reduced and
+// normalized whole by the kernel's slot loop (norm_slots), blocks of slots a work item (one
+// table call per block, not three per slot; results depend only on the slot): mean[i] and
+// var[i] per slot; run j of slot i is channel (i * R + j) % C.
+template <class T>
+void fused_slots(const NCSRef& t, i64 slots, i64 R, ParamRef weight, ParamRef bias, double eps,
+                 int act, bool st, double* mean, double* var) {
+  const auto& k = Kern<T>::get();
+  const std::vector<double> wv = weight.present() ? param_vector_d(weight, t.C, 1.0)
+                                                  : std::vector<double>{};
+  const std::vector<double> bv = bias.present() ? param_vector_d(bias, t.C, 0.0)
+                                                : std::vector<double>{};
+  const T* x = static_cast<const T*>(t.x);
+  T* y = static_cast<T*>(t.y);
+  const i64 E = R * t.S;
+  const i64 per = std::max(kChunkElems / (4 * E), i64{1});
+  const i64 items = (slots + per - 1) / per;
+  parallel_for(items, threads_for(slots * E, items), [&](i64 j, int) {
+    const i64 i0 = j * per, i1 = std::min(slots, i0 + per);
+    k.norm_slots(x + i0 * E, y + i0 * E, i1 - i0, R, t.S, (i0 * R) % t.C, t.C,
+                 wv.empty() ? nullptr : wv.data(), bv.empty() ? nullptr : bv.data(), eps, act,
+                 st, mean + i0, var + i0);
+  });
+}
+
 template <class T>
 void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight,
                      ParamRef bias, double eps, SavedStats saved) {
@@ -334,6 +359,8 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
     pass(Yes{}, No{});
     if (slots * S > 0) check_finite_update(running, cf.mean, cf.var, cf.n, C);
     pass(No{}, Yes{});
+  } else if (t.layout == Layout::contiguous && slots * S > 0 && S <= kFuseElems) {
+    fused_slots<T>(t, slots, 1, weight, bias, eps, 0, st, cf.mean, cf.var);
   } else {
     pass(Yes{}, Yes{});
   }
@@ -361,6 +388,12 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
   const auto& k = Kern<T>::get();
   const i64 N = t.N, C = t.C, S = t.S, Cg = C / G, slots = N * G;
   std::vector<double> mean(static_cast<std::size_t>(slots)), var(mean);
+  if (t.layout == Layout::contiguous && slots * Cg * S > 0 && Cg * S <= kFuseElems) {
+    fused_slots<T>(t, slots, Cg, weight, bias, eps, act,
+                   stream_output<T>(slots * Cg * S, t.y, t.x), mean.data(), var.data());
+    write_saved(saved, mean.data(), var.data(), slots, eps);
+    return;
+  }
   // Per (n, c) coefficients: the group's mean, weight[c] * the group's invstd, bias[c].
   Coefs<A> cf(N * C);
   auto finish = [&](i64 slot, const Moments& m) {
