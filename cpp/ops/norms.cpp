@@ -220,6 +220,31 @@ void write_saved(SavedStats saved, const double* mean, const double* var, i64 n,
 }
 
 // ------------------------------------------------------------------------------ the ops
+// NCHW slots of R runs of S elements, each slot (R * S <= kFuseElems, > 0) reduced and
+// normalized whole by the kernel's slot loop (norm_slots), blocks of slots a work item (one
+// table call per block, not three per slot; results depend only on the slot): mean[i] and
+// var[i] per slot; run j of slot i is channel (i * R + j) % C.
+template <class T>
+void fused_slots(const NCSRef& t, i64 slots, i64 R, ParamRef weight, ParamRef bias, double eps,
+                 int act, bool st, double* mean, double* var) {
+  const auto& k = Kern<T>::get();
+  const std::vector<double> wv = weight.present() ? param_vector_d(weight, t.C, 1.0)
+                                                  : std::vector<double>{};
+  const std::vector<double> bv = bias.present() ? param_vector_d(bias, t.C, 0.0)
+                                                : std::vector<double>{};
+  const T* x = static_cast<const T*>(t.x);
+  T* y = static_cast<T*>(t.y);
+  const i64 E = R * t.S;
+  const i64 per = std::max(kChunkElems / (4 * E), i64{1});
+  const i64 items = (slots + per - 1) / per;
+  parallel_for(items, threads_for(slots * E, items), [&](i64 j, int) {
+    const i64 i0 = j * per, i1 = std::min(slots, i0 + per);
+    k.norm_slots(x + i0 * E, y + i0 * E, i1 - i0, R, t.S, (i0 * R) % t.C, t.C,
+                 wv.empty() ? nullptr : wv.data(), bv.empty() ? nullptr : bv.data(), eps, act,
+                 st, mean + i0, var + i0);
+  });
+}
+
 template <class T>
 void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight, ParamRef bias,
                   bool training, double eps, SavedStats saved, int act) {
@@ -253,6 +278,10 @@ void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight
     channel_pass<true, false, T>(t, finish, finished, cf.M, cf.Sc, cf.B);
     if (n > 0) check_finite_update(running, cf.mean, cf.var, cf.n, C);
     channel_pass<false, true, T>(t, finish, finished, cf.M, cf.Sc, cf.B);
+  } else if (t.layout == Layout::contiguous && t.N == 1 && n > 0 && t.S <= kFuseElems) {
+    // One sample: a channel is one plane, normalized whole as InstanceNorm's are.
+    fused_slots<T>(t, C, 1, weight, bias, eps, 0, stream_output<T>(C * t.S, t.y, t.x), cf.mean,
+                   cf.var);
   } else {
     channel_pass<true, true, T>(t, finish, finished, cf.M, cf.Sc, cf.B);
   }
@@ -263,31 +292,6 @@ void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight
                        static_cast<double>(n) / static_cast<double>(n - 1));
   }
   write_saved(saved, cf.mean, cf.var, cf.n, eps);
-}
-
-// NCHW slots of R runs of S elements, each slot (R * S <= kFuseElems, > 0) reduced and
-// normalized whole by the kernel's slot loop (norm_slots), blocks of slots a work item (one
-// table call per block, not three per slot; results depend only on the slot): mean[i] and
-// var[i] per slot; run j of slot i is channel (i * R + j) % C.
-template <class T>
-void fused_slots(const NCSRef& t, i64 slots, i64 R, ParamRef weight, ParamRef bias, double eps,
-                 int act, bool st, double* mean, double* var) {
-  const auto& k = Kern<T>::get();
-  const std::vector<double> wv = weight.present() ? param_vector_d(weight, t.C, 1.0)
-                                                  : std::vector<double>{};
-  const std::vector<double> bv = bias.present() ? param_vector_d(bias, t.C, 0.0)
-                                                : std::vector<double>{};
-  const T* x = static_cast<const T*>(t.x);
-  T* y = static_cast<T*>(t.y);
-  const i64 E = R * t.S;
-  const i64 per = std::max(kChunkElems / (4 * E), i64{1});
-  const i64 items = (slots + per - 1) / per;
-  parallel_for(items, threads_for(slots * E, items), [&](i64 j, int) {
-    const i64 i0 = j * per, i1 = std::min(slots, i0 + per);
-    k.norm_slots(x + i0 * E, y + i0 * E, i1 - i0, R, t.S, (i0 * R) % t.C, t.C,
-                 wv.empty() ? nullptr : wv.data(), bv.empty() ? nullptr : bv.data(), eps, act,
-                 st, mean + i0, var + i0);
-  });
 }
 
 template <class T>
