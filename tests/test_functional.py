@@ -753,6 +753,43 @@ def test_channel_strips(case, offset, dtype, rng):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["instance_norm", "group_norm", "batch_norm_one_sample"])
+def test_slot_blocks(op, dtype, rng):
+    """NCHW slots of small planes are normalized whole, blocks of slots at a time (planes of
+    700: 2 slots a block for InstanceNorm, so blocks straddle the 5-channel samples; GroupNorm
+    slots of 2 channels each; BatchNorm training of one sample the same way). Against the
+    float64 reference with weight and bias (each run with its own channel's), and every sample
+    bitwise the same normalized alone."""
+    N, C = (1, 5) if op == "batch_norm_one_sample" else (7, 6)
+    x = make_input(rng, (N, C, 20, 35), dtype, offset=2.0)
+    w, b = random_params(rng, C, np.float32), random_params(rng, C, np.float32)
+    if op == "instance_norm":
+        def fn(a):
+            return nc.instance_norm(a, weight=w, bias=b)
+        want = ref.instance_norm(x, None, None, w, b, momentum=0.1)[0]
+    elif op == "group_norm":
+        def fn(a):
+            return nc.group_norm(a, 3, w, b)
+        want = ref.group_norm(x, 3, w, b)
+    else:
+        rm0, rv0 = random_params(rng, C, np.float32), random_params(rng, C, np.float32, True)
+        rm, rv = rm0.copy(), rv0.copy()
+        got = nc.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1)
+        want, rm_ref, rv_ref = ref.batch_norm(x, rm0, rv0, w, b, training=True, momentum=0.1)
+        assert_close(got, want, dtype)
+        assert_stats_close(rm, rm_ref, dtype, np.float32)
+        assert_stats_close(rv, rv_ref, dtype, np.float32)
+        # the statistics are those of batch_norm_stats (the channel pass), bit for bit
+        _, mean, _ = nc.batch_norm_forward(x, None, None, w, b, training=True)
+        np.testing.assert_array_equal(mean, nc.batch_norm_stats(x)[1])
+        return
+    y = fn(x)
+    assert_close(y, want, dtype)
+    for k in range(N):
+        np.testing.assert_array_equal(fn(x[k:k + 1]), y[k:k + 1])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batch_norm_eval_long_planes(dtype, rng):
     """Eval batch norm over planes longer than a work item (33,000 > 32,768 elements: the
