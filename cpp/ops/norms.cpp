@@ -13,8 +13,10 @@
 //                large to fuse with wide rows (few rows, C in the hundreds or more) go by
 //                strips of channels over all rows instead (cl_strip_driver): each strip is
 //                reduced and normalized in one visit, with no merge.
-//  LayerNorm/RMSNorm rows of up to kFuseElems go to the kernel table's norm_rows in blocks of
-//  rows (one call per block, not three per row); longer rows take the run driver's chunks.
+//  Slots of up to kFuseElems normalized whole skip the drivers where nothing needs the
+//  coefficients afterwards: LayerNorm/RMSNorm rows go to the kernel table's norm_rows, and
+//  InstanceNorm/GroupNorm NCHW slots (BatchNorm NCHW training of one sample) to norm_slots
+//  (fused_slots), a block of rows or slots a call instead of three calls a row or slot.
 // Chunk boundaries depend only on the shape, so results are bitwise identical for any
 // thread count.
 #include <algorithm>
@@ -219,7 +221,6 @@ void write_saved(SavedStats saved, const double* mean, const double* var, i64 n,
   }
 }
 
-// ------------------------------------------------------------------------------ the ops
 // NCHW slots of R runs of S elements, each slot (R * S <= kFuseElems, > 0) reduced and
 // normalized whole by the kernel's slot loop (norm_slots), blocks of slots a work item (one
 // table call per block, not three per slot; results depend only on the slot): mean[i] and
@@ -245,6 +246,7 @@ void fused_slots(const NCSRef& t, i64 slots, i64 R, ParamRef weight, ParamRef bi
   });
 }
 
+// ------------------------------------------------------------------------------ the ops
 template <class T>
 void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight, ParamRef bias,
                   bool training, double eps, SavedStats saved, int act) {
