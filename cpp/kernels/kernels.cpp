@@ -77,7 +77,6 @@ typedef double vdouble_u __attribute__((vector_size(NORMCPP_VBYTES), aligned(1),
 
 inline i64 imin(i64 a, i64 b) { return a < b ? a : b; }
 constexpr i64 imax(i64 a, i64 b) { return a > b ? a : b; }
-inline double dclamp0(double v) { return v < 0.0 ? 0.0 : v; }
 inline i64 gcd64(i64 a, i64 b) {
   while (b != 0) {
     const i64 t = a % b;
@@ -315,10 +314,10 @@ inline Moments block_moments(const T* x, i64 len) {
   const A k = static_cast<A>(ks * 0.125);
   double s, q;
   shifted_sums(x, len, k, s, q);
-  if (2.0 * s * s <= n * q) return {n, static_cast<double>(k) + s / n, dclamp0(q - s * s / n)};
+  if (2.0 * s * s <= n * q) return {n, static_cast<double>(k) + s / n, clamp_nonneg(q - s * s / n)};
   const A mb = k + static_cast<A>(s / n);
   shifted_sums(x, len, mb, s, q);
-  return {n, static_cast<double>(mb) + s / n, dclamp0(q - s * s / n)};
+  return {n, static_cast<double>(mb) + s / n, clamp_nonneg(q - s * s / n)};
 }
 
 // A run this short (the slots of small tensors: a (1,16,8,8) BatchNorm channel is 64 elements)
@@ -364,7 +363,7 @@ inline Moments short_moments(const T* x, i64 len) {
   if (9.0 * s * s > 8.0 * n * q) return block_moments(x, len);
   const double rn = 1.0 / n;  // off the dependency chain: len is known before the sums
   const double sm = s * rn;
-  return {n, static_cast<double>(k) + sm, dclamp0(q - s * sm)};
+  return {n, static_cast<double>(k) + sm, clamp_nonneg(q - s * sm)};
 }
 
 template <class T>
@@ -816,14 +815,14 @@ void cl_moments(const T* x, i64 rows, i64 C, i64 ld, typename VT<T>::A* scratch,
       for (i64 c = 0; c < C; ++c) {
         const double sc = static_cast<double>(S[c]), qc = static_cast<double>(Q[c]);
         mean[c] = static_cast<double>(K[c]) + sc / nb;
-        m2[c] = dclamp0(qc - sc * sc / nb);
+        m2[c] = clamp_nonneg(qc - sc * sc / nb);
       }
     } else {
       for (i64 c = 0; c < C; ++c) {
         const double sc = static_cast<double>(S[c]), qc = static_cast<double>(Q[c]);
         const double d = (static_cast<double>(K[c]) + sc / nb) - mean[c];
         mean[c] += d * f;
-        m2[c] += dclamp0(qc - sc * sc / nb) + d * d * na * f;
+        m2[c] += clamp_nonneg(qc - sc * sc / nb) + d * d * na * f;
       }
     }
     *count = na + nb;
@@ -980,7 +979,7 @@ inline void rows_group_stats(const float* x, i64 g, bool rms, double eps, double
       const VL d = v - m0;
       const double sdn = static_cast<double>(lane_sum(d)) * invL;
       m = static_cast<double>(m0) + sdn;
-      q = dclamp0(static_cast<double>(lane_sum(d * d)) * invL - sdn * sdn);
+      q = clamp_nonneg(static_cast<double>(lane_sum(d * d)) * invL - sdn * sdn);
     } else {
       q = static_cast<double>(lane_sum(v * v)) * invL;
     }
@@ -989,7 +988,7 @@ inline void rows_group_stats(const float* x, i64 g, bool rms, double eps, double
     ma[r] = static_cast<float>(m);
   }
   for (i64 r = 0; r < g; ++r) {
-    const double is = 1.0 / std::sqrt(invstd[r] + eps);
+    const double is = inv_std(invstd[r], eps);
     invstd[r] = is;
     ia[r] = static_cast<float>(is);
   }
@@ -1420,7 +1419,7 @@ NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
     mean[r] = mu;
     var[r] = v;
     apply_row_impl<Act, T, HasW, HasB>(xr, y + r * L, L, static_cast<A>(mu),
-                                       static_cast<A>(1.0 / std::sqrt(v + eps)), Wt, Bs, stream);
+                                       static_cast<A>(inv_std(v, eps)), Wt, Bs, stream);
   }
 }
 
@@ -1457,7 +1456,7 @@ NORMCPP_NOINLINE void norm_slots_impl(const T* x, T* y, i64 nslots, i64 R, i64 S
   for (i64 i = 0; i < nslots; ++i) {
     const T* xs = x + i * E;
     const Moments m = run_moments(xs, E);
-    const double v = clamp_nonneg(m.m2 / m.n), is = 1.0 / std::sqrt(v + eps);
+    const double v = clamp_nonneg(m.m2 / m.n), is = inv_std(v, eps);
     mean[i] = m.mean;
     var[i] = v;
     const A ma = static_cast<A>(m.mean);
@@ -1492,7 +1491,7 @@ void coefs(i64 n, const double* mean, const double* var, const double* w, const 
     s = s * (1.0 / sqrt4(v + eps));
     for (int j = 0; j < 4; ++j) S[i + j] = static_cast<A>(s[j]);
   }
-  for (; i < n; ++i) S[i] = static_cast<A>((w ? w[i] : 1.0) * (1.0 / std::sqrt(var[i] + eps)));
+  for (; i < n; ++i) S[i] = static_cast<A>((w ? w[i] : 1.0) * inv_std(var[i], eps));
   for (i = 0; i < n; ++i) {
     M[i] = static_cast<A>(mean[i]);
     B[i] = static_cast<A>(b ? b[i] : 0.0);

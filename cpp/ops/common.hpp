@@ -132,7 +132,6 @@ inline std::vector<double> param_vector_d(const ParamRef& p, i64 n, double dflt)
   return param_vector<double>(p, n, dflt);
 }
 
-inline double inv_std(double var, double eps) { return 1.0 / std::sqrt(var + eps); }
 
 template <class F>
 inline void by_dtype(DType dt, F&& f) {

@@ -2,6 +2,8 @@
 // Chan's parallel formula. Everything here is double precision.
 #pragma once
 
+#include <cmath>
+
 namespace normcpp {
 
 struct Moments {
@@ -22,5 +24,8 @@ inline Moments merge_moments(const Moments& a, const Moments& b) {
 
 // max(v, 0) that keeps NaN (std::max would too, but this reads as intended).
 inline double clamp_nonneg(double v) { return v < 0.0 ? 0.0 : v; }
+
+// 1 / sqrt(var + eps), in double (the planners' and the kernels' one formula).
+inline double inv_std(double var, double eps) { return 1.0 / std::sqrt(var + eps); }
 
 }  // namespace normcpp
