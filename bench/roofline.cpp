@@ -17,6 +17,13 @@
 //   interleaved_4K  the same, with sample s + 1's statistics done 4 KB at a time between
 //                   4 KB pieces of sample s's normalization (reads and stores overlap)
 //   interleaved_64K the same in pieces of 64 KB
+//   interleaved_256 the same in pieces of 256 bytes (4 vectors: the finest a kernel's loop
+//                   could interleave)
+//   rounds_400K_4K  interleaved_4K over rounds of 400 KB (half a sample: the two read
+//                   streams 400 KB apart, the normalized round in L2)
+//   rounds_3.2M_4K  interleaved_4K over rounds of 3.2 MB (4 samples: streams 3.2 MB apart,
+//                   the normalized round in L3, as normcpp's BatchNorm NCHW rounds)
+//   bn_rounds_4K    rounds_3.2M_4K in BatchNorm NCHW's layout (see bn_rounds)
 //
 // Build and run (an AVX-512 machine; one thread, so pin it if the machine is busy):
 //   g++ -O2 -mavx512f -o /tmp/roofline bench/roofline.cpp && /tmp/roofline
@@ -63,14 +70,34 @@ void apply(const float* x, float* y, long n) {
   for (long i = 0; i < n; i += 16)
     _mm512_stream_ps(y + i, _mm512_fmadd_ps(_mm512_loadu_ps(x + i), a, b));
 }
-void interleaved(long piece) {
-  stats(X, kSample);
-  for (long s = 0; s < kSamples; ++s)
-    for (long b = 0; b < kSample; b += piece) {
-      const long n = std::min(piece, kSample - b);
-      if (s + 1 < kSamples) stats(X + (s + 1) * kSample + b, n);
-      apply(X + s * kSample + b, Y + s * kSample + b, n);
+// Rounds of R elements (R divides the data): round r + 1's statistics `piece` elements at a
+// time between pieces of round r's normalization, so the two read streams are R apart.
+void interleaved(long piece, long R = kSample) {
+  const long rounds = kSamples * kSample / R;
+  stats(X, R);
+  for (long s = 0; s < rounds; ++s)
+    for (long b = 0; b < R; b += piece) {
+      const long n = std::min(piece, R - b);
+      if (s + 1 < rounds) stats(X + (s + 1) * R + b, n);
+      apply(X + s * R + b, Y + s * R + b, n);
     }
+}
+
+// interleaved_4K's schedule in BatchNorm NCHW's layout: the data as (32, 64, 3136), rounds
+// of 8 channels; in each round, sample by sample, the next round's 8 planes (100 KB in a row,
+// then a jump to the next sample) read for statistics between 4 KB pieces of the same
+// sample's planes of the current round.
+void bn_rounds(long piece) {
+  constexpr long N = 32, C = 64, L = 3136, gs = 8, rounds = C / gs, span = gs * L;
+  const auto at = [&](long r, long k) { return k * C * L + r * span; };
+  for (long k = 0; k < N; ++k) stats(X + at(0, k), span);
+  for (long r = 0; r < rounds; ++r)
+    for (long k = 0; k < N; ++k)
+      for (long b = 0; b < span; b += piece) {
+        const long n = std::min(piece, span - b);
+        if (r + 1 < rounds) stats(X + at(r + 1, k) + b, n);
+        apply(X + at(r, k) + b, Y + at(r, k) + b, n);
+      }
 }
 
 }  // namespace
@@ -80,9 +107,11 @@ int main() {
   X = static_cast<float*>(std::aligned_alloc(64, total * sizeof(float)));
   Y = static_cast<float*>(std::aligned_alloc(64, total * sizeof(float)));
   for (long i = 0; i < total; ++i) X[i] = Y[i] = static_cast<float>(i % 7);
-  const char* names[] = {"copy_plain", "copy_stream",    "stats",          "eval",
-                         "stats+apply", "interleaved_4K", "interleaved_64K"};
-  constexpr int kV = 7, kReps = 40;
+  const char* names[] = {"copy_plain",      "copy_stream",     "stats",
+                         "eval",            "stats+apply",     "interleaved_4K",
+                         "interleaved_64K", "interleaved_256", "rounds_400K_4K",
+                         "rounds_3.2M_4K",  "bn_rounds_4K"};
+  constexpr int kV = 11, kReps = 40;
   std::vector<std::vector<double>> t(kV);
   for (int rep = 0; rep < kReps; ++rep)
     for (int v = 0; v < kV; ++v) {
@@ -99,7 +128,11 @@ int main() {
           }
           break;
         case 5: interleaved(1024); break;
-        default: interleaved(16384); break;
+        case 6: interleaved(16384); break;
+        case 7: interleaved(64); break;
+        case 8: interleaved(1024, kSample / 2); break;
+        case 9: interleaved(1024, 4 * kSample); break;
+        default: bn_rounds(1024); break;
       }
       _mm_sfence();
       t[v].push_back(
