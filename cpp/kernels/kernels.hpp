@@ -76,7 +76,9 @@ struct TypedKernels {
                  A* scratch, double* sdy, double* sdx);
   // A tile of nr <= 4 rows (row stride ld, n columns), each element read once: out (if not
   // null) gets run_dot's two sums per row, out[2r], out[2r+1], with M[r] and W; column sums
-  // G[j] += sum_r dy[r][j] * (x[r][j] - M[r]) * S[r] and B[j] += sum_r dy[r][j] (B may be null).
+  // G[j] += sum_r dy[r][j] * (x[r][j] - M[r]) * S[r] and B[j] += sum_r dy[r][j] (B may be null),
+  // added row after row (so any cut of the rows into tiles gives the same bits). Without out,
+  // nr may also be 8 (at AVX2 and AVX-512, G and B loaded and stored once for the 8 rows).
   void (*tile_dot_cols)(const T* x, const T* dy, std::int64_t nr, std::int64_t ld,
                         std::int64_t n, const A* M, const A* S, const A* W, double* out, A* G,
                         A* B);
