@@ -1820,6 +1820,46 @@ void bwd_row(const T* x, const T* dy, T* dx, i64 n, typename VT<T>::A m, typenam
     bwd_row_impl<T, false>(x, dy, dx, n, m, a, Wt, b, c, stream);
 }
 
+template <class T, bool HasW>
+NORMCPP_NOINLINE void bwd_rows_impl(const T* x, const T* dy, T* dx, i64 rows, i64 L, i64 tile,
+                                    bool seq, const typename VT<T>::A* M,
+                                    const typename VT<T>::A* I, const double* invstd,
+                                    const typename VT<T>::A* Wt, bool centered,
+                                    typename VT<T>::A* G, typename VT<T>::A* B, bool stream) {
+  using A = typename VT<T>::A;
+  const double n = static_cast<double>(L);
+  double sums[16];
+  for (i64 t0 = 0; t0 < rows; t0 += tile) {
+    const i64 nr = imin(tile, rows - t0);
+    const T* xt = x + t0 * L;
+    const T* dyt = dy + t0 * L;
+    if (seq)
+      for (i64 r = 0; r < nr; ++r)
+        run_dot_impl<T, HasW>(xt + r * L, dyt + r * L, L, M[t0 + r], Wt, sums + 2 * r);
+    if (G) tile_dot_cols(xt, dyt, nr, L, L, M + t0, I + t0, Wt, seq ? nullptr : sums, G, B);
+    for (i64 i = 0; i < nr; ++i) {
+      const i64 r = t0 + i;
+      const double iv = invstd[r];
+      bwd_row_impl<T, HasW>(x + r * L, dy + r * L, dx + r * L, L, M[r], I[r], Wt,
+                            static_cast<A>(-iv * iv * iv * sums[2 * i + 1] / n),
+                            static_cast<A>(centered ? -iv * sums[2 * i] / n : 0.0), stream);
+    }
+  }
+}
+
+template <class T>
+void bwd_rows(const T* x, const T* dy, T* dx, i64 rows, i64 L, i64 tile, bool seq,
+              const typename VT<T>::A* M, const typename VT<T>::A* I, const double* invstd,
+              const typename VT<T>::A* Wt, bool centered, typename VT<T>::A* G,
+              typename VT<T>::A* B, bool stream) {
+  if (Wt)
+    bwd_rows_impl<T, true>(x, dy, dx, rows, L, tile, seq, M, I, invstd, Wt, centered, G, B,
+                           stream);
+  else
+    bwd_rows_impl<T, false>(x, dy, dx, rows, L, tile, seq, M, I, invstd, Wt, centered, G, B,
+                            stream);
+}
+
 template <class T>
 void bwd_cl(const T* x, const T* dy, T* dx, i64 rows, i64 C, const typename VT<T>::A* M,
             const typename VT<T>::A* Av, const typename VT<T>::A* Bv,
@@ -1865,7 +1905,7 @@ constexpr TypedKernels<T, typename VT<T>::A> typed() {
           &apply_scalar<T>, &apply_runs<T>, &apply_cl<T>,  &apply_row<T>,        &norm_rows<T>,
           &norm_slots<T>,
           &coefs<T>,        &run_dot<T>,
-          &cl_dot<T>,       &tile_dot_cols<T>, &bwd_row<T>,          &bwd_cl<T>,
+          &cl_dot<T>,       &tile_dot_cols<T>, &bwd_row<T>,          &bwd_rows<T>,  &bwd_cl<T>,
           &short_rows<T>};
 }
 

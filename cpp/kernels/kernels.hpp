@@ -85,6 +85,14 @@ struct TypedKernels {
   // dx[i] = a * W[i] * dy[i] + b * (x[i] - m) + c (W null: 1); `stream` as for apply.
   void (*bwd_row)(const T* x, const T* dy, T* dx, std::int64_t n, A m, A a, const A* W, A b,
                   A c, bool stream);
+  // LayerNorm/RMSNorm backward of rows x L contiguous, tiles of `tile` (<= 8) rows: per tile,
+  // run_dot's sums of each row (seq) or tile_dot_cols's (not seq: tile <= 4), column sums
+  // into G, B (G null: none), then each row's bwd_row with m = M[r], a = I[r] and, in double
+  // rounded to A, b = -iv^3 d / L and c = centered ? -iv s / L : 0 (iv = invstd[r]; s, d the
+  // row's two sums).
+  void (*bwd_rows)(const T* x, const T* dy, T* dx, std::int64_t rows, std::int64_t L,
+                   std::int64_t tile, bool seq, const A* M, const A* I, const double* invstd,
+                   const A* W, bool centered, A* G, A* B, bool stream);
   // Channels-last rows x C: dx = Av[c] * dy + Bv[c] * (x - M[c]) + Cv[c]; `stream` as for
   // apply.
   void (*bwd_cl)(const T* x, const T* dy, T* dx, std::int64_t rows, std::int64_t C,

@@ -335,26 +335,9 @@ void row_backward_fused(const T* x, const T* dy, T* dx, i64 rows, i64 L,
         std::fill(G, G + L, A(0));
         std::fill(B, B + L, A(0));
       }
-      for (i64 t0 = f0; t0 < f1; t0 += tile) {
-        const i64 nr = std::min(tile, f1 - t0);
-        double sums[4 * kTileRows];
-        if (seq)
-          for (i64 r = 0; r < nr; ++r)
-            k.run_dot(x + (t0 + r) * L, dy + (t0 + r) * L, L,
-                      Mr[static_cast<std::size_t>(t0 + r)], Wp, sums + 2 * r);
-        if (cols)
-          k.tile_dot_cols(x + t0 * L, dy + t0 * L, nr, L, L, &Mr[static_cast<std::size_t>(t0)],
-                          &Ir[static_cast<std::size_t>(t0)], Wp, seq ? nullptr : sums, G,
-                          gb ? B : nullptr);
-        for (i64 i = 0; i < nr; ++i) {
-          const i64 r = t0 + i;
-          const auto ur = static_cast<std::size_t>(r);
-          const double iv = invstd[r], n = static_cast<double>(L);
-          k.bwd_row(x + r * L, dy + r * L, dx + r * L, L, Mr[ur], Ir[ur], Wp,
-                    static_cast<A>(-iv * iv * iv * sums[2 * i + 1] / n),
-                    static_cast<A>(mean ? -iv * sums[2 * i] / n : 0.0), st);
-        }
-      }
+      k.bwd_rows(x + f0 * L, dy + f0 * L, dx + f0 * L, f1 - f0, L, tile, seq,
+                 &Mr[static_cast<std::size_t>(f0)], &Ir[static_cast<std::size_t>(f0)],
+                 invstd + f0, Wp, mean != nullptr, G, gb ? B : nullptr, st);
       if (cols)
         for (i64 c = 0; c < L; ++c) {
           GD[c] += static_cast<double>(G[c]);
