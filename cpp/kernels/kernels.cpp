@@ -1829,6 +1829,8 @@ NORMCPP_NOINLINE void bwd_rows_impl(const T* x, const T* dy, T* dx, i64 rows, i6
   using A = typename VT<T>::A;
   const double n = static_cast<double>(L);
   double sums[16];
+  tile = imin(imax(tile, 1), 8);  // the contract's bounds (sums above holds 8 rows)
+  seq = seq || !G;                 // without column sums, only run_dot gives the row sums
   for (i64 t0 = 0; t0 < rows; t0 += tile) {
     const i64 nr = imin(tile, rows - t0);
     const T* xt = x + t0 * L;

@@ -74,22 +74,23 @@ struct TypedKernels {
   // Channels-last rows x C: sdy[c] += sum dy, sdx[c] += sum dy * (x - M[c]).
   void (*cl_dot)(const T* x, const T* dy, std::int64_t rows, std::int64_t C, const A* M,
                  A* scratch, double* sdy, double* sdx);
-  // A tile of nr <= 4 rows (row stride ld, n columns), each element read once: out (if not
-  // null) gets run_dot's two sums per row, out[2r], out[2r+1], with M[r] and W; column sums
+  // A tile of nr rows (row stride ld, n columns), each element read once: out (if not null)
+  // gets run_dot's two sums per row, out[2r], out[2r+1], with M[r] and W; column sums
   // G[j] += sum_r dy[r][j] * (x[r][j] - M[r]) * S[r] and B[j] += sum_r dy[r][j] (B may be null),
-  // added row after row (so any cut of the rows into tiles gives the same bits). Without out,
-  // nr may also be 8 (at AVX2 and AVX-512, G and B loaded and stored once for the 8 rows).
+  // added row after row (so any cut of the rows into tiles gives the same bits). Rows go 4 at
+  // a time through registers (without out, 8 at a time at AVX2 and AVX-512: G and B loaded
+  // and stored once for the 8), the rest one by one.
   void (*tile_dot_cols)(const T* x, const T* dy, std::int64_t nr, std::int64_t ld,
                         std::int64_t n, const A* M, const A* S, const A* W, double* out, A* G,
                         A* B);
   // dx[i] = a * W[i] * dy[i] + b * (x[i] - m) + c (W null: 1); `stream` as for apply.
   void (*bwd_row)(const T* x, const T* dy, T* dx, std::int64_t n, A m, A a, const A* W, A b,
                   A c, bool stream);
-  // LayerNorm/RMSNorm backward of rows x L contiguous, tiles of `tile` (<= 8) rows: per tile,
-  // run_dot's sums of each row (seq) or tile_dot_cols's (not seq: tile <= 4), column sums
-  // into G, B (G null: none), then each row's bwd_row with m = M[r], a = I[r] and, in double
-  // rounded to A, b = -iv^3 d / L and c = centered ? -iv s / L : 0 (iv = invstd[r]; s, d the
-  // row's two sums).
+  // LayerNorm/RMSNorm backward of rows x L contiguous, tiles of `tile` rows (1 to 8): per
+  // tile, each row's two sums s, d by run_dot (seq, or G null: no column sums) or by
+  // tile_dot_cols together with the column sums into G, B (not seq), column sums alone after
+  // run_dot (seq, G not null), then each row's bwd_row with m = M[r], a = I[r] and, in double
+  // rounded to A, b = -iv^3 d / L and c = centered ? -iv s / L : 0 (iv = invstd[r]).
   void (*bwd_rows)(const T* x, const T* dy, T* dx, std::int64_t rows, std::int64_t L,
                    std::int64_t tile, bool seq, const A* M, const A* I, const double* invstd,
                    const A* W, bool centered, A* G, A* B, bool stream);
