@@ -94,6 +94,16 @@ def test_channel_ops_layouts(op, shape, dtype, layout):
         assert [abs(s) for s in y.strides] == [abs(s) for s in x.strides]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("c", [272, 384, 1024])
+@pytest.mark.parametrize("op", ["batch_norm_eval", "batch_norm_train", "instance_norm"])
+def test_channels_last_wide_channel_periods(op, c, dtype):
+    """Channels-last with more than 16 vectors of channels (up to the periodic kernels' 1024):
+    the apply goes by column groups of 4 vectors over tiles of rows; every channel must get
+    its own coefficients (float64 reference)."""
+    _check(op, (3, c, 5, 2), dtype, "channels_last")
+
+
 @pytest.mark.parametrize("layout,dtype", LAYOUT_DTYPES, ids=LD_IDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("op", ROW_OPS)
