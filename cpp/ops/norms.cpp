@@ -224,15 +224,18 @@ void write_saved(SavedStats saved, const double* mean, const double* var, i64 n,
 // NCHW slots of R runs of S elements, each slot (R * S <= kFuseElems, > 0) reduced and
 // normalized whole by the kernel's slot loop (norm_slots), blocks of slots a work item (one
 // table call per block, not three per slot; results depend only on the slot): mean[i] and
-// var[i] per slot; run j of slot i is channel (i * R + j) % C.
+// var[i] per slot; run j of slot i is channel (i * R + j) % C. wbuf, bbuf: C doubles each
+// (the caller's Coefs w and b: no allocation for a small call), set from the parameters.
 template <class T>
 void fused_slots(const NCSRef& t, i64 slots, i64 R, ParamRef weight, ParamRef bias, double eps,
-                 int act, bool st, double* mean, double* var) {
+                 int act, bool st, double* mean, double* var, double* wbuf, double* bbuf) {
   const auto& k = Kern<T>::get();
-  const std::vector<double> wv = weight.present() ? param_vector_d(weight, t.C, 1.0)
-                                                  : std::vector<double>{};
-  const std::vector<double> bv = bias.present() ? param_vector_d(bias, t.C, 0.0)
-                                                : std::vector<double>{};
+  for (i64 c = 0; c < t.C; ++c) {
+    if (weight.present()) wbuf[c] = weight.get(c);
+    if (bias.present()) bbuf[c] = bias.get(c);
+  }
+  const double* wp = weight.present() ? wbuf : nullptr;
+  const double* bp = bias.present() ? bbuf : nullptr;
   const T* x = static_cast<const T*>(t.x);
   T* y = static_cast<T*>(t.y);
   const i64 E = R * t.S;
@@ -240,9 +243,8 @@ void fused_slots(const NCSRef& t, i64 slots, i64 R, ParamRef weight, ParamRef bi
   const i64 items = (slots + per - 1) / per;
   parallel_for(items, threads_for(slots * E, items), [&](i64 j, int) {
     const i64 i0 = j * per, i1 = std::min(slots, i0 + per);
-    k.norm_slots(x + i0 * E, y + i0 * E, i1 - i0, R, t.S, (i0 * R) % t.C, t.C,
-                 wv.empty() ? nullptr : wv.data(), bv.empty() ? nullptr : bv.data(), eps, act,
-                 st, mean + i0, var + i0);
+    k.norm_slots(x + i0 * E, y + i0 * E, i1 - i0, R, t.S, (i0 * R) % t.C, t.C, wp, bp, eps,
+                 act, st, mean + i0, var + i0);
   });
 }
 
@@ -283,7 +285,7 @@ void batch_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef weight
   } else if (t.layout == Layout::contiguous && t.N == 1 && n > 0 && t.S <= kFuseElems) {
     // One sample: a channel is one plane, normalized whole as InstanceNorm's are.
     fused_slots<T>(t, C, 1, weight, bias, eps, 0, stream_output<T>(C * t.S, t.y, t.x), cf.mean,
-                   cf.var);
+                   cf.var, cf.w, cf.b);
   } else {
     channel_pass<true, true, T>(t, finish, finished, cf.M, cf.Sc, cf.B);
   }
@@ -366,7 +368,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
     if (slots * S > 0) check_finite_update(running, cf.mean, cf.var, cf.n, C);
     pass(No{}, Yes{});
   } else if (t.layout == Layout::contiguous && slots * S > 0 && S <= kFuseElems) {
-    fused_slots<T>(t, slots, 1, weight, bias, eps, 0, st, cf.mean, cf.var);
+    fused_slots<T>(t, slots, 1, weight, bias, eps, 0, st, cf.mean, cf.var, cf.w, cf.b);
   } else {
     pass(Yes{}, Yes{});
   }
@@ -395,8 +397,10 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
   const i64 N = t.N, C = t.C, S = t.S, Cg = C / G, slots = N * G;
   std::vector<double> mean(static_cast<std::size_t>(slots)), var(mean);
   if (t.layout == Layout::contiguous && slots * Cg * S > 0 && Cg * S <= kFuseElems) {
+    std::vector<double> wb(static_cast<std::size_t>(2 * C));
     fused_slots<T>(t, slots, Cg, weight, bias, eps, act,
-                   stream_output<T>(slots * Cg * S, t.y, t.x), mean.data(), var.data());
+                   stream_output<T>(slots * Cg * S, t.y, t.x), mean.data(), var.data(),
+                   wb.data(), wb.data() + C);
     write_saved(saved, mean.data(), var.data(), slots, eps);
     return;
   }
