@@ -88,12 +88,13 @@ struct TypedKernels {
                   A c, bool stream);
   // LayerNorm/RMSNorm backward of rows x L contiguous, tiles of `tile` rows (1 to 8): per
   // tile, each row's two sums s, d by run_dot (seq, or G null: no column sums) or by
-  // tile_dot_cols together with the column sums into G, B (not seq), column sums alone after
-  // run_dot (seq, G not null), then each row's bwd_row with m = M[r], a = I[r] and, in double
-  // rounded to A, b = -iv^3 d / L and c = centered ? -iv s / L : 0 (iv = invstd[r]).
-  void (*bwd_rows)(const T* x, const T* dy, T* dx, std::int64_t rows, std::int64_t L,
-                   std::int64_t tile, bool seq, const A* M, const A* I, const double* invstd,
-                   const A* W, bool centered, A* G, A* B, bool stream);
+  // tile_dot_cols together with the column sums into G, B (not seq), then each row's bwd_row
+  // with m = M[r], a = I[r] and, in double rounded to A, b = -iv^3 d / L and c = centered ?
+  // -iv s / L : 0 (iv = invstd[r]). Seq with G: after run_dot, the column sums and dx in one
+  // sweep (the same values) that prefetches the next tile, up to `ahead` rows past the last.
+  void (*bwd_rows)(const T* x, const T* dy, T* dx, std::int64_t rows, std::int64_t ahead,
+                   std::int64_t L, std::int64_t tile, bool seq, const A* M, const A* I,
+                   const double* invstd, const A* W, bool centered, A* G, A* B, bool stream);
   // Channels-last rows x C: dx = Av[c] * dy + Bv[c] * (x - M[c]) + Cv[c]; `stream` as for
   // apply.
   void (*bwd_cl)(const T* x, const T* dy, T* dx, std::int64_t rows, std::int64_t C,

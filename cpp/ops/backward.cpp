@@ -335,7 +335,7 @@ void row_backward_fused(const T* x, const T* dy, T* dx, i64 rows, i64 L,
         std::fill(G, G + L, A(0));
         std::fill(B, B + L, A(0));
       }
-      k.bwd_rows(x + f0 * L, dy + f0 * L, dx + f0 * L, f1 - f0, L, tile, seq,
+      k.bwd_rows(x + f0 * L, dy + f0 * L, dx + f0 * L, f1 - f0, r1 - f1, L, tile, seq,
                  &Mr[static_cast<std::size_t>(f0)], &Ir[static_cast<std::size_t>(f0)],
                  invstd + f0, Wp, mean != nullptr, G, gb ? B : nullptr, st);
       if (cols)
