@@ -193,6 +193,24 @@ void group_backward_t(const NCSGradRef& t, i64 G, ParamRef weight, const double*
     };
     if (Cg == 1) {
       run_driver<true, SumMerge>(g, reduce, store, apply);
+    } else if (chunks_for(Cg * S) == 1) {
+      // A group small enough to be one chunk (so is each of its planes: the same run_dot and
+      // bwd_row calls as plane by plane, the same bits): slots of Cg planes, each reduced
+      // plane by plane, its coefficients, then normalized while it is still in cache, instead
+      // of a reduction over the whole tensor and a second read of it from memory (GroupNorm
+      // backward NCHW (32,64,56,56) G = 32, 1 thread, min of 2 alternations: 2958-3081 ->
+      // 2194-2289 us, medians 3349-3448 -> 2424-2464).
+      const RunGeom gg{N * G, 1, Cg * S, 0, Cg * S};
+      run_driver<true, SumMerge>(
+          gg,
+          [&](i64 sg, i64, i64) {
+            for (i64 p = sg * Cg; p < (sg + 1) * Cg; ++p) store(p, reduce(p, p * S, S));
+            return Moments{};
+          },
+          [&](i64 sg, const Moments&) { finish_group(sg / G, sg % G); },
+          [&](i64 sg, i64, i64) {
+            for (i64 p = sg * Cg; p < (sg + 1) * Cg; ++p) apply(p, 0, S);
+          });
     } else {
       run_driver<true, SumMerge>(g, reduce, store, [](i64, i64, i64) {});
       for (i64 n = 0; n < N; ++n)
