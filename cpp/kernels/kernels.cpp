@@ -516,9 +516,20 @@ NORMCPP_ALWAYS_INLINE inline void cl_stream_lines(T* y, i64 n, i64 P, i64 h, Vec
   }
 }
 
-template <class T, class VecF, class OneF>
+// write_row as a callable: cl_periodic_write's default way to write its plain rows.
+struct PlainRows {
+  template <class T, class VecF, class OneF>
+  NORMCPP_ALWAYS_INLINE void operator()(T* y, i64 n, bool stream, VecF&& vec, OneF&& one) const {
+    write_row(y, n, stream, vec, one);
+  }
+};
+
+// Rows: how plain rows are written (write_row, or write_row_act for the activations that take
+// several vectors at a time, whose vec then gives the values before the activation and which
+// never stream).
+template <class T, class VecF, class OneF, class Rows = PlainRows>
 NORMCPP_ALWAYS_INLINE inline void cl_periodic_write(T* y, i64 n, i64 P, bool stream, VecF& vec,
-                                                    OneF& one) {
+                                                    OneF& one, Rows rows = {}) {
   if constexpr (kCanStream<T>) {
     constexpr i64 kLine = 64 / static_cast<i64>(sizeof(T));
     const auto addr = reinterpret_cast<std::uintptr_t>(y);
@@ -532,14 +543,14 @@ NORMCPP_ALWAYS_INLINE inline void cl_periodic_write(T* y, i64 n, i64 P, bool str
   }
   if (P >= kRowPeriod && !stream) {
     for (i64 i0 = 0; i0 < n; i0 += P)
-      write_row(
+      rows(
           y + i0, imin(P, n - i0), false,
           [&](i64 o) NORMCPP_ALWAYS_INLINE { return vec(i0 + o, o); },
           [&](i64 o) { return one(i0 + o, o); });
     return;
   }
   PeriodCursor at{P, VT<T>::W};
-  write_row(
+  rows(
       y, n, stream, [&](i64 i) NORMCPP_ALWAYS_INLINE { return vec(i, at(i)); },
       [&](i64 i) { return one(i, i % P); });
 }
@@ -1200,6 +1211,10 @@ NORMCPP_ALWAYS_INLINE inline vdouble activate(vdouble v) {
   return v;
 }
 
+// The activations worth evaluating several vectors at a time (see vexp_n).
+template <int Act>
+constexpr bool kChainAct = Act == kSilu || Act == kGelu;
+
 // write_row of activate<Act>(pre(i)): for silu and gelu, the plain path takes four vectors at
 // a time through activate_n (the same values; see vexp_n). one(i) includes the activation.
 template <int Act, class T, class PreF, class OneF>
@@ -1207,7 +1222,7 @@ NORMCPP_ALWAYS_INLINE inline void write_row_act(T* y, i64 n, bool stream, PreF&&
                                                 OneF&& one) {
   using Tr = VT<T>;
   using V = typename Tr::V;
-  if constexpr ((Act == kSilu || Act == kGelu) && std::is_same_v<V, vfloat>) {
+  if constexpr (kChainAct<Act> && std::is_same_v<V, vfloat>) {
     if (!stream) {
       constexpr i64 W = Tr::W;
       const i64 nv = n - n % W;
@@ -1225,6 +1240,15 @@ NORMCPP_ALWAYS_INLINE inline void write_row_act(T* y, i64 n, bool stream, PreF&&
   write_row(
       y, n, stream, [&](i64 i) NORMCPP_ALWAYS_INLINE { return activate<Act>(pre(i)); }, one);
 }
+
+// write_row_act as a row writer (see cl_periodic_write).
+template <int Act>
+struct ActRows {
+  template <class T, class PreF, class OneF>
+  NORMCPP_ALWAYS_INLINE void operator()(T* y, i64 n, bool stream, PreF&& pre, OneF&& one) const {
+    write_row_act<Act>(y, n, stream, pre, one);
+  }
+};
 
 // The scalar tail: float lanes go through the same vector code so every element of a
 // tensor gets bitwise the same function.
@@ -1392,6 +1416,14 @@ NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, i64 ld,
     // (4,7,7,1024) (41 vs 34 us, 31 vs 27 us at 1 thread; 38 vs 33 us at AVX2).
     if (!st && kStreamable<Act>) {
       cl_tiled_write<Act>(x, y, rows * C, P, Mp, Sp, Bp, vec, one);
+      return;
+    }
+    if constexpr (kChainAct<Act>) {  // never streamed (kStreamable)
+      const auto pre = [&](i64 i, i64 o) NORMCPP_ALWAYS_INLINE {
+        return (Tr::load(x + i) - VT<A>::load(Mp + o)) * VT<A>::load(Sp + o) +
+               VT<A>::load(Bp + o);
+      };
+      cl_periodic_write(y, rows * C, P, false, pre, one, ActRows<Act>{});
       return;
     }
     cl_periodic_write(y, rows * C, P, st, vec, one);
