@@ -212,3 +212,29 @@ def test_store_policy_keeps_outputs_a_threads_l2_holds(stream_threshold):
         assert decide(big, fits) and decide(1, 10**6)
         stream_threshold(-1)
         assert not decide(big, fits)
+
+
+def test_store_policy_keeps_outputs_the_last_level_cache_holds_for_several_threads(
+        stream_threshold):
+    """With several threads, the automatic policy does not stream an output whose inputs and
+    itself fit in a last-level cache of at most 64 MiB (_small_llc_bytes; 0 where unknown or
+    larger: no such rule); one thread, or inputs and output beyond that cache, stream as
+    before; an explicit threshold streams whatever the cache."""
+    if os.environ.get("NORMCPP_STREAM_BYTES") is not None:
+        pytest.skip("NORMCPP_STREAM_BYTES set: the threshold is explicit")
+    decide = _core._stream_decision
+    thr, l2, llc = (_core.get_stream_threshold(), _core._l2_cache_bytes(),
+                    _core._small_llc_bytes())
+    if llc < 2 * max(thr, 2 * l2):
+        pytest.skip("no last-level cache of at most 64 MiB that holds two outputs of the "
+                    "threshold's size here")
+    b = llc // 2  # input and output fill the cache: the largest kept in it
+    assert b >= thr and 2 * b // 2 > l2 // 2  # the older rules alone would stream it
+    assert decide(b, 1) and decide(b, 1, 2)  # one thread: streamed
+    assert not decide(b, 2)  # input + output fit: plain
+    assert decide(b + 1, 2)  # one byte more: streamed
+    assert decide(b, 2, 2)  # two inputs (a backward's x and dy) + output do not fit
+    assert not decide(llc // 3, 2, 2)
+    stream_threshold(0)
+    assert decide(b, 2)
+

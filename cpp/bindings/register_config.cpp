@@ -19,10 +19,12 @@ void register_config(py::module_& m) {
   // Streaming-store threshold in bytes (tests and tuning; NORMCPP_STREAM_BYTES sets it too).
   m.def("set_stream_threshold", &normcpp::set_stream_threshold, py::arg("bytes"));
   m.def("get_stream_threshold", &normcpp::get_stream_threshold);
-  // The store policy's decision for an out-of-place output of `bytes` on `threads` threads,
-  // and the L2 size it uses (tests).
-  m.def("_stream_decision", &normcpp::ops::stream_bytes, py::arg("bytes"), py::arg("threads"));
+  // The store policy's decision for an out-of-place output of `bytes` on `threads` threads
+  // from `inputs` inputs of its size, and the cache sizes it uses (tests).
+  m.def("_stream_decision", &normcpp::ops::stream_bytes, py::arg("bytes"), py::arg("threads"),
+        py::arg("inputs") = 1);
   m.def("_l2_cache_bytes", &normcpp::ops::l2_cache_bytes);
+  m.def("_small_llc_bytes", &normcpp::ops::small_llc_bytes);
   // Reuse of freed output buffers (tests and tuning; NORMCPP_OUTPUT_CACHE_BYTES sets it too).
   m.def("set_output_cache_bytes", &set_output_cache_bytes, py::arg("bytes"));
   m.def("get_output_cache_bytes", &get_output_cache_bytes);

@@ -25,6 +25,8 @@ std::int64_t stream_threshold();
 bool stream_threshold_is_auto();
 // Bytes of a core's L2 cache (0 if unknown).
 std::int64_t l2_cache_bytes();
+// Bytes of a last-level cache of at most 64 MiB (0 if unknown or larger: see stream_bytes).
+std::int64_t small_llc_bytes();
 // Output bytes from which a pass is taken to run from memory rather than the caches: the
 // automatic streaming threshold, from the cache sizes alone (not NORMCPP_STREAM_BYTES or
 // set_stream_threshold, so that a kernel choice made by it never changes with them).
@@ -48,18 +50,30 @@ inline int threads_for(std::int64_t work, std::int64_t items) {
 // - each thread's share of input and output fits in half its L2, so the output stays cached
 //   for whatever reads it next: on a 16-core Xeon (2 MiB L2) a 6.4 MB output at 16 threads
 //   (0.8 MB a thread) took 0.61-0.91x the time with plain stores, while at 8 threads (1.6 MB a
-//   thread) and for 12.8 MB at 16 streaming won (plain 1.06-1.42x) -- bench/SCALING.md.
-// stream_bytes: the rule for an out-of-place output of `bytes` written by `nt` threads.
-inline bool stream_bytes(std::int64_t bytes, std::int64_t nt) {
+//   thread) and for 12.8 MB at 16 streaming won (plain 1.06-1.42x) -- bench/SCALING.md;
+// - several threads write it, and the inputs and the output fit in a last-level cache of at
+//   most 64 MiB: the cores together move plain stores through that cache faster than
+//   streaming stores to memory, and the output stays there. 2-core Zen 4 VM (32 MiB L3), 2
+//   threads, min us, streamed vs plain: BatchNorm eval (16,64,56,56) (12.8 MB) 457-464 vs
+//   200-205, train 352 vs 276, LayerNorm (8,512,768) 444-448 vs 291-306, RMSNorm 444-451 vs
+//   237-261; but LayerNorm backward (8,512,768) (x, dy and dx: 37.7 MB) 597-626 vs 739-764,
+//   hence the inputs count. At one thread streaming still wins from 10 MB
+//   (cache_stream_bytes). (Not the 300 MiB mesh L3 of the Xeon above, where streaming won at
+//   6.4 MB from 1 to 8 threads.)
+// stream_bytes: the rule for an out-of-place output of `bytes` written by `nt` threads from
+// `inputs` inputs of the same size.
+inline bool stream_bytes(std::int64_t bytes, std::int64_t nt, std::int64_t inputs = 1) {
   if (bytes < stream_threshold()) return false;
   if (!stream_threshold_is_auto()) return true;
+  if (nt > 1 && (1 + inputs) * bytes <= small_llc_bytes()) return false;
   return 2 * bytes / (nt < 1 ? 1 : nt) > l2_cache_bytes() / 2;
 }
 template <class T>
 inline bool stream_output(std::int64_t elems, const void* out, const void* in1,
                           const void* in2 = nullptr) {
   if (out == in1 || out == in2) return false;
-  return stream_bytes(elems * static_cast<std::int64_t>(sizeof(T)), threads_for(elems, elems));
+  return stream_bytes(elems * static_cast<std::int64_t>(sizeof(T)), threads_for(elems, elems),
+                      in2 ? 2 : 1);
 }
 
 // Orders this thread's streaming (non-temporal) stores before what follows: the kernels'

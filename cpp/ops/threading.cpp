@@ -151,6 +151,10 @@ std::atomic<bool>& stream_auto() {
 namespace ops {
 int configured_threads() { return thread_setting().load(std::memory_order_relaxed); }
 std::int64_t l2_cache_bytes() { return cache_bytes(2); }
+std::int64_t small_llc_bytes() {
+  const std::int64_t llc = cache_bytes(3);
+  return llc <= 64 * 1024 * 1024 ? llc : 0;
+}
 std::int64_t memory_bound_bytes() {
   static const std::int64_t b = cache_stream_bytes();
   return b;
