@@ -2021,43 +2021,39 @@ NORMCPP_NOINLINE void bwd_rows_impl(const T* x, const T* dy, T* dx, i64 rows, i6
     const i64 nr = imin(tile, rows - t0);
     const T* xt = x + t0 * L;
     const T* dyt = dy + t0 * L;
-    if (sweep) {
-      A bc[8], cc[8];
-      for (i64 r = 0; r < nr; ++r) {
-        run_dot_impl<T, HasW>(xt + r * L, dyt + r * L, L, M[t0 + r], Wt, sums + 2 * r);
-        const double iv = invstd[t0 + r];
-        bc[r] = static_cast<A>(-iv * iv * iv * sums[2 * r + 1] / n);
-        cc[r] = static_cast<A>(centered ? -iv * sums[2 * r] / n : 0.0);
-      }
-      T* dxt = dx + t0 * L;
-      const auto run = [&](i64 r, auto rows_c) NORMCPP_ALWAYS_INLINE {
-        constexpr int Rc = decltype(rows_c)::value;
-        // The same rows of the next tile, where they exist.
-        const i64 pf = t0 + r + nr + Rc <= readable ? nr * L : 0;
-        if (B)
-          grad_sweep<T, Rc, HasW, true>(xt + r * L, dyt + r * L, dxt + r * L, L, e, pf,
-                                        M + t0 + r, I + t0 + r, bc + r, cc + r, Wt, G, B);
-        else
-          grad_sweep<T, Rc, HasW, false>(xt + r * L, dyt + r * L, dxt + r * L, L, e, pf,
-                                         M + t0 + r, I + t0 + r, bc + r, cc + r, Wt, G, B);
-      };
-      i64 r = 0;
-      for (; r + kSweepRows <= nr; r += kSweepRows)
-        run(r, std::integral_constant<int, kSweepRows>{});
-      for (; r < nr; ++r) run(r, std::integral_constant<int, 1>{});
-      continue;
-    }
     if (seq)
       for (i64 r = 0; r < nr; ++r)
         run_dot_impl<T, HasW>(xt + r * L, dyt + r * L, L, M[t0 + r], Wt, sums + 2 * r);
-    if (G) tile_dot_cols(xt, dyt, nr, L, L, M + t0, I + t0, Wt, seq ? nullptr : sums, G, B);
-    for (i64 i = 0; i < nr; ++i) {
-      const i64 r = t0 + i;
-      const double iv = invstd[r];
-      bwd_row_impl<T, HasW>(x + r * L, dy + r * L, dx + r * L, L, M[r], I[r], Wt,
-                            static_cast<A>(-iv * iv * iv * sums[2 * i + 1] / n),
-                            static_cast<A>(centered ? -iv * sums[2 * i] / n : 0.0), stream);
+    if (G && !sweep)
+      tile_dot_cols(xt, dyt, nr, L, L, M + t0, I + t0, Wt, seq ? nullptr : sums, G, B);
+    A bc[8], cc[8];
+    for (i64 r = 0; r < nr; ++r) {
+      const double iv = invstd[t0 + r];
+      bc[r] = static_cast<A>(-iv * iv * iv * sums[2 * r + 1] / n);
+      cc[r] = static_cast<A>(centered ? -iv * sums[2 * r] / n : 0.0);
     }
+    if (!sweep) {
+      for (i64 r = 0; r < nr; ++r)
+        bwd_row_impl<T, HasW>(xt + r * L, dyt + r * L, dx + (t0 + r) * L, L, M[t0 + r],
+                              I[t0 + r], Wt, bc[r], cc[r], stream);
+      continue;
+    }
+    T* dxt = dx + t0 * L;
+    const auto run = [&](i64 r, auto rows_c) NORMCPP_ALWAYS_INLINE {
+      constexpr int Rc = decltype(rows_c)::value;
+      // The same rows of the next tile, where they exist.
+      const i64 pf = t0 + r + nr + Rc <= readable ? nr * L : 0;
+      if (B)
+        grad_sweep<T, Rc, HasW, true>(xt + r * L, dyt + r * L, dxt + r * L, L, e, pf,
+                                      M + t0 + r, I + t0 + r, bc + r, cc + r, Wt, G, B);
+      else
+        grad_sweep<T, Rc, HasW, false>(xt + r * L, dyt + r * L, dxt + r * L, L, e, pf,
+                                       M + t0 + r, I + t0 + r, bc + r, cc + r, Wt, G, B);
+    };
+    i64 r = 0;
+    for (; r + kSweepRows <= nr; r += kSweepRows)
+      run(r, std::integral_constant<int, kSweepRows>{});
+    for (; r < nr; ++r) run(r, std::integral_constant<int, 1>{});
   }
 }
 
