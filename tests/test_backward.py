@@ -671,11 +671,17 @@ def test_backward_after_forward_with_separate_out(factory, shape, rng):
 
 # Tensors of 10-17 MB (above every machine's cutoff for the row planner's from-memory order:
 # sums row by row, then column sums and dx in one sweep that prefetches the next tile). L =
-# 256 float32: every row's output starts on a cache line (the sweep streams it); 250: rows
-# start anywhere (the three-pass tiles); 16385 rows: a last tile of one row; float16 and
-# float64 never stream; without weight, or without a bias gradient, the sweep's other forms.
+# 256 float32: every row's output starts on a cache line (the sweep streams rows four at a
+# time); 250: rows start anywhere (swept one at a time, each streamed from its first line,
+# with partial vectors before it and after the last whole one); 100: rows too short to stream
+# (swept four at a time with plain stores, a partial vector at the end); 16385 rows: a last
+# tile of one row; float16 and float64 never stream; without weight, or without a bias
+# gradient, the sweep's other forms.
 ROW_BIG = [
     ((16800, 250), np.float32, True, True),
+    ((16800, 250), np.float32, False, True),
+    ((16800, 250), np.float32, True, False),
+    ((40009, 100), np.float32, True, True),
     ((16385, 256), np.float32, True, True),
     ((16391, 256), np.float32, False, True),
     ((16391, 256), np.float32, True, False),

@@ -171,6 +171,14 @@ inline V splat(A x) {
   return V{} + x;
 }
 
+// {0, 1, 2, ...}: compared with a splat, the mask of a partial vector's lanes.
+template <class V, class A>
+inline V lane_index() {
+  V v{};
+  for (int k = 0; k < static_cast<int>(sizeof(V) / sizeof(A)); ++k) v[k] = static_cast<A>(k);
+  return v;
+}
+
 // Sum of the lanes: a pairwise tree in the lane type (halves added as vectors: log2(lanes)
 // adds and extracts instead of a conversion and a dependent add per lane; it runs once per
 // statistics block, which for a small slot is a large share of the work).
@@ -217,11 +225,20 @@ inline void stream_store(float* p, vfloat v) {
 inline void stream_store(float* p, vfloat v) { VT<float>::store(p, v); }
 #endif
 
+// Rows that are not whole cache lines are streamed only from this many bytes on. Their first
+// and last lines are stored plainly (below), and streaming stores between such plain lines
+// every few lines run slower than plain stores on Zen 4: rows of L floats at 16 bytes past a
+// line, 1 thread, streamed vs plain, LayerNorm forward of 5M elements: L = 100 3677 vs 1882 us,
+// 250 2153 vs 1329, 500 1479 vs 1352, 1000 1424 vs 1577, 2000 1597 vs 2348; writing the rows
+// alone: 100 1732 vs 1303, 250 1276 vs 1268, 1000 877 vs 1410.
+constexpr i64 kSeamRowBytes = 3072;
+
 // y[0..n) of one elementwise row: vec(i) gives elements [i, i + W) as a vector, one(i) element
 // i. Plain: vectors up to nv = n - n % W, then one() for the rest. Streamed: only whole 64-byte
 // lines are streamed (a line written partly by plain and partly by streaming stores -- at the
 // seams between rows -- costs a partial write to memory); the elements before the first and
-// after the last whole line are stored plainly. Every element below nv still comes from the
+// after the last whole line are stored plainly. A row that is not whole lines streams from
+// kSeamRowBytes on. Every element below nv still comes from the
 // same vector arithmetic (lane j of vec(i) depends only on element i + j), so the values are
 // bitwise those of the plain path: the lanes before the first vector on the grid are lanes of
 // vec(0) and those after its last vector lanes of vec(nv - W), both computed before anything
@@ -236,7 +253,9 @@ NORMCPP_ALWAYS_INLINE inline void write_row(T* y, i64 n, bool stream, VecF&& vec
   i64 i = 0;
   if constexpr (kCanStream<T>) {
     const auto addr = reinterpret_cast<std::uintptr_t>(y);
-    if (stream && nv >= 4 * kLine && addr % sizeof(T) == 0) {
+    const i64 bytes = n * static_cast<i64>(sizeof(T));
+    const bool lines = addr % 64 == 0 && bytes % 64 == 0;
+    if (stream && nv >= 4 * kLine && addr % sizeof(T) == 0 && (lines || bytes >= kSeamRowBytes)) {
       const i64 h = static_cast<i64>((64 - addr % 64) % 64 / sizeof(T));  // to the first line
       const i64 e = h + (nv - h) / kLine * kLine;                          // after the last
       const V first = vec(0), last = vec(nv - W);
@@ -1627,6 +1646,18 @@ void run_dot_impl(const T* x, const T* dy, i64 n, typename VT<T>::A m,
       s0 += g0;
       d0 += g0 * (Tr::load(x + i) - mv);
     }
+    if (i < b + len && b + len >= W) {
+      // The rest: the vector that ends the block, loaded whole, its lanes before i masked
+      // out (one vector instead of up to W - 1 scalar steps in double).
+      const i64 j = b + len - W;
+      V g0 = Tr::load(dy + j);
+      if constexpr (HasW) g0 *= VT<A>::load(Wt + j);
+      const V p = g0 * (Tr::load(x + j) - mv);
+      const auto own = lane_index<V, A>() >= splat<V>(static_cast<A>(i - j));
+      s1 += own ? g0 : V{};
+      d1 += own ? p : V{};
+      i = b + len;
+    }
     double bs = hsum(s0 + s1), bd = hsum(d0 + d1);
     for (; i < b + len; ++i) {
       A g = Tr::to_a(dy[i]);
@@ -1921,13 +1952,17 @@ void bwd_row(const T* x, const T* dy, T* dx, i64 n, typename VT<T>::A m, typenam
 // known: per column vector, G += dy * (x - m) * s and B += dy row after row (the order of
 // tile_dot_cols: the same bits), and each row's dx = ((x - m) * b + c) + dy * s * w (bwd_row's
 // expression, lane by lane: the same bits). One read of x and dy from L1 where tile_dot_cols
-// then bwd_row make two (in L1, 6.4 vs 7.8 cycles a vector of a row on Zen 4). Vectors below e
-// (whole lines: every row's dx starts on one) are written by streaming stores. pf > 0: the
-// same columns of the R rows pf elements further on are prefetched into L2, so that memory
-// reads the next rows while this sweep computes (see bwd_rows_impl).
+// then bwd_row make two (in L1, 6.4 vs 7.8 cycles a vector of a row on Zen 4). Columns [h, e)
+// are written by streaming stores, vectors starting on the grid h + k W (h: the columns before
+// the rows' dx reach a cache line; every row's must then be the same); columns [0, h) and the
+// rest after the last whole vector are partial vectors: loaded whole (a row has at least W
+// columns), added to G and B and stored lane by lane only where they are theirs, so no column
+// is counted or written twice. pf > 0: the same columns of the R rows pf elements further on
+// are prefetched into L2, so that memory reads the next rows while this sweep computes (see
+// bwd_rows_impl).
 template <class T, int R, bool HasW, bool HasB>
-NORMCPP_ALWAYS_INLINE inline void grad_sweep(const T* x, const T* dy, T* dx, i64 L, i64 e,
-                                             i64 pf, const typename VT<T>::A* M,
+NORMCPP_ALWAYS_INLINE inline void grad_sweep(const T* x, const T* dy, T* dx, i64 L, i64 h,
+                                             i64 e, i64 pf, const typename VT<T>::A* M,
                                              const typename VT<T>::A* S,
                                              const typename VT<T>::A* Bc,
                                              const typename VT<T>::A* Cc,
@@ -1939,7 +1974,6 @@ NORMCPP_ALWAYS_INLINE inline void grad_sweep(const T* x, const T* dy, T* dx, i64
   constexpr i64 W = Tr::W;
   // One prefetch per 64 bytes of a row.
   constexpr i64 kPfMask = W * static_cast<i64>(sizeof(T)) >= 64 ? 0 : 64 / (W * sizeof(T)) - 1;
-  const i64 nv = L - L % W;
   V mv[R], sv[R], bv[R], cv[R];
   for (int r = 0; r < R; ++r) {
     mv[r] = splat<V>(M[r]);
@@ -1947,37 +1981,73 @@ NORMCPP_ALWAYS_INLINE inline void grad_sweep(const T* x, const T* dy, T* dx, i64
     bv[r] = splat<V>(Bc[r]);
     cv[r] = splat<V>(Cc[r]);
   }
-  const auto col = [&](i64 j, auto streamed) NORMCPP_ALWAYS_INLINE {
+  const V lane = lane_index<V, A>();
+  enum { kPlain, kStream, kPart };
+  i64 lo = 0, hi = W;  // a kPart vector's own lanes
+  const auto col = [&](i64 j, auto kind) NORMCPP_ALWAYS_INLINE {
+    constexpr int K = decltype(kind)::value;
     V gacc = VT<A>::load(G + j), bacc{}, wv{};
     if constexpr (HasB) bacc = VT<A>::load(B + j);
     if constexpr (HasW) wv = VT<A>::load(Wt + j);
-    if (pf > 0 && ((j / W) & kPfMask) == 0)
+    if (pf > 0 && (K == kPart || ((j / W) & kPfMask) == 0))
       for (int r = 0; r < R; ++r) {
         __builtin_prefetch(x + pf + r * L + j, 0, 2);
         __builtin_prefetch(dy + pf + r * L + j, 0, 2);
+        if constexpr (K == kPart) {  // the line of its last column too
+          __builtin_prefetch(x + pf + r * L + j + W - 1, 0, 2);
+          __builtin_prefetch(dy + pf + r * L + j + W - 1, 0, 2);
+        }
       }
+    const auto own = (lane >= splat<V>(static_cast<A>(lo))) & (lane < splat<V>(static_cast<A>(hi)));
     for (int r = 0; r < R; ++r) {
       const V g = Tr::load(dy + r * L + j);
       const V xc = Tr::load(x + r * L + j) - mv[r];
-      gacc += g * (xc * sv[r]);
-      if constexpr (HasB) bacc += g;
       V gs = g * sv[r];
       if constexpr (HasW) gs *= wv;
       const V v = (xc * bv[r] + cv[r]) + gs;
-      if constexpr (decltype(streamed)::value)
-        stream_store(dx + r * L + j, v);
-      else
-        Tr::store(dx + r * L + j, v);
+      if constexpr (K == kPart) {
+        const V gn = gacc + g * (xc * sv[r]);
+        gacc = own ? gn : gacc;
+        if constexpr (HasB) {
+          const V bn = bacc + g;
+          bacc = own ? bn : bacc;
+        }
+        for (i64 k = lo; k < hi; ++k) dx[r * L + j + k] = Tr::from_a(v[k]);
+      } else {
+        gacc += g * (xc * sv[r]);
+        if constexpr (HasB) bacc += g;
+        if constexpr (K == kStream)
+          stream_store(dx + r * L + j, v);
+        else
+          Tr::store(dx + r * L + j, v);
+      }
     }
     VT<A>::store(G + j, gacc);
     if constexpr (HasB) VT<A>::store(B + j, bacc);
   };
+  using Plain = std::integral_constant<int, kPlain>;
+  using Part = std::integral_constant<int, kPart>;
   i64 j = 0;
-  if constexpr (kCanStream<T>)
-    for (; j < e; j += W) col(j, std::true_type{});
-  for (; j < nv; j += W) col(j, std::false_type{});
+  if (L >= W) {
+    for (; j + W <= h; j += W) col(j, Plain{});
+    if (j < h) {
+      lo = 0;
+      hi = h - j;
+      col(j, Part{});
+    }
+    j = h;
+    if constexpr (kCanStream<T>)
+      for (; j < e; j += W) col(j, std::integral_constant<int, kStream>{});
+    for (; j + W <= L; j += W) col(j, Plain{});
+    if (j < L) {
+      lo = j - (L - W);
+      hi = W;
+      col(L - W, Part{});
+    }
+    return;
+  }
   for (int r = 0; r < R; ++r)
-    for (i64 t = nv; t < L; ++t) {
+    for (i64 t = 0; t < L; ++t) {
       const A g = Tr::to_a(dy[r * L + t]);
       const A xc = Tr::to_a(x[r * L + t]) - M[r];
       G[t] += g * (xc * S[r]);
@@ -2003,19 +2073,26 @@ NORMCPP_NOINLINE void bwd_rows_impl(const T* x, const T* dy, T* dx, i64 rows, i6
   tile = imin(imax(tile, 1), 8);  // the contract's bounds (sums above holds 8 rows)
   seq = seq || !G;                 // without column sums, only run_dot gives the row sums
   // Row by row with column sums (tensors read from memory): per tile, the rows' sums by
-  // run_dot, then column sums and dx in one sweep (grad_sweep) -- where streamed rows all
-  // start on a cache line -- which prefetches the next tile into L2. Without the prefetch the
-  // tile's memory reads and its sweep take turns; with it they overlap. LayerNorm backward
-  // (64,197,384) float32, 1 thread, min us of 3 alternations: 2370-2699 (sweep alone; the
-  // three-pass tiles were the same) -> 1737-1922 (L2 hint; the L1 hint evicts the tile being
-  // swept: 2622-2997); (8,512,768): 1219-1355 -> 1016-1083.
+  // run_dot, then column sums and dx in one sweep (grad_sweep) which prefetches the next tile
+  // into L2. Without the prefetch the tile's memory reads and its sweep take turns; with it
+  // they overlap. LayerNorm backward (64,197,384) float32, 1 thread, min us of 3 alternations:
+  // 2370-2699 (sweep alone; the three-pass tiles were the same) -> 1737-1922 (L2 hint; the L1
+  // hint evicts the tile being swept: 2622-2997); (8,512,768): 1219-1355 -> 1016-1083.
+  // Streamed rows that all start on a cache line are swept kSweepRows at a time; others one
+  // at a time, each on its own grid of lines (whose first and last lines are stored plainly).
+  // Those are streamed only from 512 bytes on (as in write_row, streaming between plain lines
+  // every few lines is slow): 5M float32 elements, 1 thread, streamed vs plain (kSweepRows at a
+  // time), L = 100 4475-6458 vs 4131-4165 us, 250 3248-3365 vs 4205-4275, 500 2831 vs 3625.
   constexpr i64 kLine = 64 / static_cast<i64>(sizeof(T));
+  constexpr auto kSz = static_cast<i64>(sizeof(T));
   const i64 nv = L - L % VT<T>::W;
-  const bool streamed = kCanStream<T> && stream && nv >= 4 * kLine;
-  const bool sweep = seq && G &&
-                     (!streamed || (reinterpret_cast<std::uintptr_t>(dx) % 64 == 0 &&
-                                    L * static_cast<i64>(sizeof(T)) % 64 == 0));
-  const i64 e = streamed ? nv / kLine * kLine : 0;
+  const auto dxa = reinterpret_cast<std::uintptr_t>(dx);
+  const bool rows_lined = dxa % 64 == 0 && L * kSz % 64 == 0;
+  const bool streamed = kCanStream<T> && stream && nv >= 4 * kLine && dxa % sizeof(T) == 0 &&
+                        (rows_lined || L * kSz >= 512);
+  const bool sweep = seq && G;
+  const bool lined = !streamed || rows_lined;
+  const i64 e = streamed && lined ? nv / kLine * kLine : 0;
   const i64 readable = rows + imax(ahead, 0);
   for (i64 t0 = 0; t0 < rows; t0 += tile) {
     const i64 nr = imin(tile, rows - t0);
@@ -2039,21 +2116,31 @@ NORMCPP_NOINLINE void bwd_rows_impl(const T* x, const T* dy, T* dx, i64 rows, i6
       continue;
     }
     T* dxt = dx + t0 * L;
-    const auto run = [&](i64 r, auto rows_c) NORMCPP_ALWAYS_INLINE {
+    const auto run = [&](i64 r, auto rows_c, i64 h, i64 end) NORMCPP_ALWAYS_INLINE {
       constexpr int Rc = decltype(rows_c)::value;
       // The same rows of the next tile, where they exist.
       const i64 pf = t0 + r + nr + Rc <= readable ? nr * L : 0;
       if (B)
-        grad_sweep<T, Rc, HasW, true>(xt + r * L, dyt + r * L, dxt + r * L, L, e, pf,
+        grad_sweep<T, Rc, HasW, true>(xt + r * L, dyt + r * L, dxt + r * L, L, h, end, pf,
                                       M + t0 + r, I + t0 + r, bc + r, cc + r, Wt, G, B);
       else
-        grad_sweep<T, Rc, HasW, false>(xt + r * L, dyt + r * L, dxt + r * L, L, e, pf,
+        grad_sweep<T, Rc, HasW, false>(xt + r * L, dyt + r * L, dxt + r * L, L, h, end, pf,
                                        M + t0 + r, I + t0 + r, bc + r, cc + r, Wt, G, B);
     };
+    using One = std::integral_constant<int, 1>;
     i64 r = 0;
-    for (; r + kSweepRows <= nr; r += kSweepRows)
-      run(r, std::integral_constant<int, kSweepRows>{});
-    for (; r < nr; ++r) run(r, std::integral_constant<int, 1>{});
+    if (lined)
+      for (; r + kSweepRows <= nr; r += kSweepRows)
+        run(r, std::integral_constant<int, kSweepRows>{}, 0, e);
+    for (; r < nr; ++r) {
+      if (lined) {
+        run(r, One{}, 0, e);
+        continue;
+      }
+      const auto a = reinterpret_cast<std::uintptr_t>(dxt + r * L);
+      const i64 h = static_cast<i64>((64 - a % 64) % 64) / kSz;
+      run(r, One{}, h, h + (L - h) / kLine * kLine);
+    }
   }
 }
 
