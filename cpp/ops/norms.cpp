@@ -494,31 +494,47 @@ void short_rows_n(const T* x, T* y, i64 rows, i64 Lrt, const typename Kern<T>::A
     if (N > 0 && Kern<T>::get().short_rows(x + j * per * L, y + j * per * L, r1 - j * per, L,
                                            W, B, eps, rms, mean + j * per, invstd + j * per))
       return;
-    for (i64 r = j * per; r < r1; ++r) {
-      const T* xr = x + r * L;
-      T* yr = y + r * L;
-      double m = 0.0, q = 0.0;
-      if (!rms) {
-        for (i64 e = 0; e < L; ++e) m += static_cast<double>(as_acc(xr[e]));
-        m /= static_cast<double>(L);
-      }
-      for (i64 e = 0; e < L; ++e) {
-        const double d = static_cast<double>(as_acc(xr[e])) - m;
-        q += d * d;
-      }
-      const double is = inv_std(q / static_cast<double>(L), eps);
-      mean[r] = m;
-      invstd[r] = is;
-      const A ma = static_cast<A>(m), ia = static_cast<A>(is);
-      if (W && B)
-        for (i64 e = 0; e < L; ++e) yr[e] = from_acc<T>((as_acc(xr[e]) - ma) * ia * W[e] + B[e]);
-      else
-        for (i64 e = 0; e < L; ++e) {
-          A t = (as_acc(xr[e]) - ma) * ia;
-          if (W) t = t * W[e];
-          if (B) t = t + B[e];
-          yr[e] = from_acc<T>(t);
+    // Each step for a group of rows before the next: a row's steps form one chain of
+    // dependent double operations (sum, divide, sum, square root, divide: ~130 cycles), and
+    // rows taken one after another overlapped little (LayerNorm (500000,10) float32 at 1
+    // thread: 73 cycles a row).
+    constexpr i64 kGroup = 64;
+    for (i64 g0 = j * per; g0 < r1; g0 += kGroup) {
+      const i64 g1 = g0 + kGroup < r1 ? g0 + kGroup : r1;
+      for (i64 r = g0; r < g1; ++r) {
+        const T* xr = x + r * L;
+        double m = 0.0;
+        if (!rms) {
+          for (i64 e = 0; e < L; ++e) m += static_cast<double>(as_acc(xr[e]));
+          m /= static_cast<double>(L);
         }
+        mean[r] = m;
+      }
+      for (i64 r = g0; r < g1; ++r) {
+        const T* xr = x + r * L;
+        const double m = mean[r];
+        double q = 0.0;
+        for (i64 e = 0; e < L; ++e) {
+          const double d = static_cast<double>(as_acc(xr[e])) - m;
+          q += d * d;
+        }
+        invstd[r] = q;  // the sum of squares until the next loop
+      }
+      for (i64 r = g0; r < g1; ++r) invstd[r] = inv_std(invstd[r] / static_cast<double>(L), eps);
+      for (i64 r = g0; r < g1; ++r) {
+        const T* xr = x + r * L;
+        T* yr = y + r * L;
+        const A ma = static_cast<A>(mean[r]), ia = static_cast<A>(invstd[r]);
+        if (W && B)
+          for (i64 e = 0; e < L; ++e) yr[e] = from_acc<T>((as_acc(xr[e]) - ma) * ia * W[e] + B[e]);
+        else
+          for (i64 e = 0; e < L; ++e) {
+            A t = (as_acc(xr[e]) - ma) * ia;
+            if (W) t = t * W[e];
+            if (B) t = t + B[e];
+            yr[e] = from_acc<T>(t);
+          }
+      }
     }
   });
 }
