@@ -159,13 +159,14 @@ void group_backward_t(const NCSGradRef& t, i64 G, ParamRef weight, const double*
       Dg += w[static_cast<std::size_t>(c)] * sdx[u];
     }
     const double r = invstd[slot], M = static_cast<double>(Cg * S);
+    const A mg = static_cast<A>(mean[slot]), bg = static_cast<A>(-r * r * r * Dg / M),
+            cg = static_cast<A>(-r * Sg / M);
     for (i64 c = gi * Cg; c < (gi + 1) * Cg; ++c) {
       const auto u = static_cast<std::size_t>(n * C + c);
-      const double wc = w[static_cast<std::size_t>(c)];
-      cf.M[u] = static_cast<A>(mean[slot]);
-      cf.Av[u] = static_cast<A>(wc * r);
-      cf.Bv[u] = static_cast<A>(-r * r * r * Dg / M);
-      cf.Cv[u] = static_cast<A>(-r * Sg / M);
+      cf.M[u] = mg;
+      cf.Av[u] = static_cast<A>(w[static_cast<std::size_t>(c)] * r);
+      cf.Bv[u] = bg;
+      cf.Cv[u] = cg;
     }
   };
   const T* x = static_cast<const T*>(t.x);
