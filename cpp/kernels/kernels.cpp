@@ -237,12 +237,11 @@ constexpr i64 kSeamRowBytes = 3072;
 // i. Plain: vectors up to nv = n - n % W, then one() for the rest. Streamed: only whole 64-byte
 // lines are streamed (a line written partly by plain and partly by streaming stores -- at the
 // seams between rows -- costs a partial write to memory); the elements before the first and
-// after the last whole line are stored plainly. A row that is not whole lines streams from
-// kSeamRowBytes on. Every element below nv still comes from the
-// same vector arithmetic (lane j of vec(i) depends only on element i + j), so the values are
-// bitwise those of the plain path: the lanes before the first vector on the grid are lanes of
-// vec(0) and those after its last vector lanes of vec(nv - W), both computed before anything
-// is written (y may be x).
+// after the last whole line are stored plainly; a row that is not whole lines streams from
+// kSeamRowBytes on. Every element below nv still comes from the same vector arithmetic (lane j
+// of vec(i) depends only on element i + j), so the values are bitwise those of the plain path:
+// the lanes before the first vector on the grid are lanes of vec(0) and those after its last
+// vector lanes of vec(nv - W), both computed before anything is written (y may be x).
 template <class T, class VecF, class OneF>
 NORMCPP_ALWAYS_INLINE inline void write_row(T* y, i64 n, bool stream, VecF&& vec, OneF&& one) {
   using Tr = VT<T>;
@@ -2002,7 +2001,6 @@ NORMCPP_ALWAYS_INLINE inline void grad_sweep(const T* x, const T* dy, T* dx, i64
           __builtin_prefetch(dx + pf + r * L + j + W - 1, 1, 2);
         }
       }
-    const auto own = (lane >= splat<V>(static_cast<A>(lo))) & (lane < splat<V>(static_cast<A>(hi)));
     for (int r = 0; r < R; ++r) {
       const V g = Tr::load(dy + r * L + j);
       const V xc = Tr::load(x + r * L + j) - mv[r];
@@ -2010,6 +2008,8 @@ NORMCPP_ALWAYS_INLINE inline void grad_sweep(const T* x, const T* dy, T* dx, i64
       if constexpr (HasW) gs *= wv;
       const V v = (xc * bv[r] + cv[r]) + gs;
       if constexpr (K == kPart) {
+        const auto own =
+            (lane >= splat<V>(static_cast<A>(lo))) & (lane < splat<V>(static_cast<A>(hi)));
         const V gn = gacc + g * (xc * sv[r]);
         gacc = own ? gn : gacc;
         if constexpr (HasB) {
