@@ -237,4 +237,3 @@ def test_store_policy_keeps_outputs_the_last_level_cache_holds_for_several_threa
     assert not decide(llc // 3, 2, 2)
     stream_threshold(0)
     assert decide(b, 2)
-

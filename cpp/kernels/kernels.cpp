@@ -232,6 +232,9 @@ inline void stream_store(float* p, vfloat v) { VT<float>::store(p, v); }
 // 250 2153 vs 1329, 500 1479 vs 1352, 1000 1424 vs 1577, 2000 1597 vs 2348; writing the rows
 // alone: 100 1732 vs 1303, 250 1276 vs 1268, 1000 877 vs 1410.
 constexpr i64 kSeamRowBytes = 3072;
+// The same for the LayerNorm/RMSNorm backward sweep (bwd_rows_impl), whose rows read two
+// inputs: streaming pays from shorter rows there.
+constexpr i64 kSeamSweepBytes = 512;
 
 // y[0..n) of one elementwise row: vec(i) gives elements [i, i + W) as a vector, one(i) element
 // i. Plain: vectors up to nv = n - n % W, then one() for the rest. Streamed: only whole 64-byte
@@ -2084,16 +2087,17 @@ NORMCPP_NOINLINE void bwd_rows_impl(const T* x, const T* dy, T* dx, i64 rows, i6
   // hint evicts the tile being swept: 2622-2997); (8,512,768): 1219-1355 -> 1016-1083.
   // Streamed rows that all start on a cache line are swept kSweepRows at a time; others one
   // at a time, each on its own grid of lines (whose first and last lines are stored plainly).
-  // Those are streamed only from 512 bytes on (as in write_row, streaming between plain lines
-  // every few lines is slow): 5M float32 elements, 1 thread, streamed vs plain (kSweepRows at a
-  // time), L = 100 4475-6458 vs 4131-4165 us, 250 3248-3365 vs 4205-4275, 500 2831 vs 3625.
+  // Those are streamed only from kSeamSweepBytes on (as in write_row, streaming between plain
+  // lines every few lines is slow): 5M float32 elements, 1 thread, streamed vs plain
+  // (kSweepRows at a time), L = 100 4475-6458 vs 4131-4165 us, 250 3248-3365 vs 4205-4275, 500
+  // 2831 vs 3625.
   constexpr i64 kLine = 64 / static_cast<i64>(sizeof(T));
   constexpr auto kSz = static_cast<i64>(sizeof(T));
   const i64 nv = L - L % VT<T>::W;
   const auto dxa = reinterpret_cast<std::uintptr_t>(dx);
   const bool rows_lined = dxa % 64 == 0 && L * kSz % 64 == 0;
   const bool streamed = kCanStream<T> && stream && nv >= 4 * kLine && dxa % sizeof(T) == 0 &&
-                        (rows_lined || L * kSz >= 512);
+                        (rows_lined || L * kSz >= kSeamSweepBytes);
   const bool sweep = seq && G;
   const bool lined = !streamed || rows_lined;
   const i64 e = streamed && lined ? nv / kLine * kLine : 0;
