@@ -741,3 +741,57 @@ def test_row_backward_of_a_tensor_beyond_the_caches(rms, shape, dtype, has_w, ha
     if db is not None:
         db_ref = g64.sum(axis=0)
         np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-4 * np.abs(db_ref).max())
+
+
+# Many small NCHW groups: the kernel's slot loop takes them in blocks of slots, and a block
+# may start in the middle of a sample (its first channel then is not 0).
+GROUP_MANY = [((16, 64, 7, 7), 32), ((8, 30, 10, 10), 5), ((40, 50, 4, 4), 50),
+              ((3, 6, 1, 1), 2)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("has_w", [True, False], ids=["weight", "no-weight"])
+@pytest.mark.parametrize("shape,groups", GROUP_MANY,
+                         ids=[f"{'x'.join(map(str, s))}-g{G}" for s, G in GROUP_MANY])
+def test_group_backward_of_many_small_groups(shape, groups, has_w, dtype, rng, restore_threads):
+    """GroupNorm (InstanceNorm where groups == C) backward against the float64 closed form
+    written here, and bitwise the same at 1 and 2 threads."""
+    N, C = shape[:2]
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    pdt = np.float64 if dtype == np.float64 else np.float32
+    w = rng.uniform(0.5, 1.5, C).astype(pdt) if has_w else None
+
+    def run():
+        _, m, s = NF.group_norm_forward(x, groups, w, np.zeros(C, pdt), EPS)
+        return NF.group_norm_backward(g, x, groups, w, m, s, has_bias=True)
+
+    restore_threads(2)
+    grads = run()
+    restore_threads(1)
+    for a, b in zip(grads, run()):
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_array_equal(a, b)
+    dx, dw, db = grads
+    gshape = (N, groups, -1)
+    x64 = x.astype(np.float64).reshape(gshape)
+    wfull = (w.astype(np.float64) if has_w else np.ones(C))
+    w64 = np.broadcast_to(wfull[None, :, None], (N, C, int(np.prod(shape[2:])))).reshape(gshape)
+    g64 = g.astype(np.float64).reshape(gshape)
+    mu = x64.mean(axis=2, keepdims=True)
+    inv = 1.0 / np.sqrt(((x64 - mu) ** 2).mean(axis=2, keepdims=True) + EPS)
+    xhat = (x64 - mu) * inv
+    gh = g64 * w64
+    dx_ref = inv * (gh - (gh * xhat).mean(axis=2, keepdims=True) * xhat
+                    - gh.mean(axis=2, keepdims=True))
+    tol = 4e-3 if dtype == np.float16 else 1e-4
+    np.testing.assert_allclose(dx.astype(np.float64).reshape(gshape), dx_ref, rtol=tol,
+                               atol=tol * np.abs(dx_ref).max())
+    axes = (0, 2)
+    dw_ref = (g64 * xhat).reshape(N, C, -1).sum(axis=axes)
+    db_ref = g64.reshape(N, C, -1).sum(axis=axes)
+    if has_w:
+        np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4 * np.abs(dw_ref).max())
+    np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-4 * np.abs(db_ref).max())

@@ -86,6 +86,17 @@ struct TypedKernels {
   // dx[i] = a * W[i] * dy[i] + b * (x[i] - m) + c (W null: 1); `stream` as for apply.
   void (*bwd_row)(const T* x, const T* dy, T* dx, std::int64_t n, A m, A a, const A* W, A b,
                   A c, bool stream);
+  // GroupNorm/InstanceNorm NCHW backward of nslots whole slots of R runs of S elements back
+  // to back, run j of slot i being channel c = (c0 + i * R + j) % C: each run's two sums by
+  // run_dot (m = mean[i] rounded to A, no weight) into sdy[i * R + j] and sdx[i * R + j]; per
+  // slot, in double, Sg = sum_j w[c] * sdy and Dg = sum_j w[c] * sdx in run order (w null: 1),
+  // b = -r^3 * Dg / (R * S) and c = -r * Sg / (R * S) (r = invstd[i]) rounded to A; then each
+  // run's bwd_row with a = w[c] * r rounded to A (one table call for many small slots instead
+  // of two calls a plane).
+  void (*slots_bwd)(const T* x, const T* dy, T* dx, std::int64_t nslots, std::int64_t R,
+                    std::int64_t S, std::int64_t c0, std::int64_t C, const double* w,
+                    const double* mean, const double* invstd, double* sdy, double* sdx,
+                    bool stream);
   // LayerNorm/RMSNorm backward of rows x L contiguous, tiles of `tile` rows (1 to 8): per
   // tile, each row's two sums s, d by run_dot (seq, or G null: no column sums) or by
   // tile_dot_cols together with the column sums into G, B (not seq), then each row's bwd_row

@@ -143,12 +143,16 @@ void group_backward_t(const NCSGradRef& t, i64 G, ParamRef weight, const double*
   const auto& k = Kern<T>::get();
   const i64 N = t.N, C = t.C, S = t.S, Cg = C / G;
   const std::vector<double> w = param_vector_d(weight, C, 1.0);
+  // Non-empty NCHW groups that are one chunk each go whole to the kernel's slot loop (below), which
+  // needs neither the per-channel means nor the coefficients.
+  const bool whole = t.layout == Layout::contiguous && Cg * S > 0 && chunks_for(Cg * S) == 1;
+  const i64 NCc = whole ? 0 : N * C;
   // Per (n, c): the group's mean, and the sums the reduction produces.
-  std::vector<A> mu(static_cast<std::size_t>(N * C));
-  for (i64 sg = 0; sg < N * G; ++sg)  // no division per channel (~30 cycles each)
+  std::vector<A> mu(static_cast<std::size_t>(NCc));
+  for (i64 sg = 0; NCc && sg < N * G; ++sg)  // no division per channel (~30 cycles each)
     std::fill_n(mu.begin() + sg * Cg, Cg, static_cast<A>(mean[sg]));
   std::vector<double> sdy(static_cast<std::size_t>(N * C)), sdx(sdy);
-  GradCoefs<A> cf(N * C);
+  GradCoefs<A> cf(NCc);
   // Coefficients of the channels of slot (n, g) once its channels' sums are known.
   auto finish_group = [&](i64 n, i64 gi) {
     const i64 slot = n * G + gi;
@@ -192,26 +196,25 @@ void group_backward_t(const NCSGradRef& t, i64 G, ParamRef weight, const double*
       k.bwd_row(x + off, dy + off, dx + off, e1 - e0, cf.M[u], cf.Av[u], nullptr, cf.Bv[u],
                 cf.Cv[u], st);
     };
-    if (Cg == 1) {
+    if (whole) {
+      // Slots (groups) small enough to be one chunk: reduced plane by plane, their
+      // coefficients, then normalized while they are still in cache (instead of a reduction
+      // over the whole tensor and a second read of it from memory: GroupNorm backward NCHW
+      // (32,64,56,56) G = 32, 1 thread, 2958-3081 -> 2194-2289 us), by the kernel's slot loop
+      // in blocks of slots (one table call a block instead of two a plane and the drivers'
+      // calls between: (128,512,7,7) G = 32, 1 thread, min us 3763-3878 -> 1800-1938,
+      // (256,64,10,10) 772-784 -> 537-553, InstanceNorm (64,256,14,14) 1306-1355 -> 979-1019).
+      const i64 E = Cg * S, slots = N * G;
+      const i64 per = std::max(kChunkElems / (4 * E), i64{1});
+      const i64 items = (slots + per - 1) / per;
+      const double* wp = weight.present() ? w.data() : nullptr;
+      parallel_for(items, threads_for(slots * E, items), [&](i64 j, int) {
+        const i64 i0 = j * per, i1 = std::min(slots, i0 + per);
+        k.slots_bwd(x + i0 * E, dy + i0 * E, dx + i0 * E, i1 - i0, Cg, S, (i0 * Cg) % C, C, wp,
+                    mean + i0, invstd + i0, sdy.data() + i0 * Cg, sdx.data() + i0 * Cg, st);
+      });
+    } else if (Cg == 1) {
       run_driver<true, SumMerge>(g, reduce, store, apply);
-    } else if (chunks_for(Cg * S) == 1) {
-      // A group small enough to be one chunk (so is each of its planes: the same run_dot and
-      // bwd_row calls as plane by plane, the same bits): slots of Cg planes, each reduced
-      // plane by plane, its coefficients, then normalized while it is still in cache, instead
-      // of a reduction over the whole tensor and a second read of it from memory (GroupNorm
-      // backward NCHW (32,64,56,56) G = 32, 1 thread, min of 2 alternations: 2958-3081 ->
-      // 2194-2289 us, medians 3349-3448 -> 2424-2464).
-      const RunGeom gg{N * G, 1, Cg * S, 0, Cg * S};
-      run_driver<true, SumMerge>(
-          gg,
-          [&](i64 sg, i64, i64) {
-            for (i64 p = sg * Cg; p < (sg + 1) * Cg; ++p) store(p, reduce(p, p * S, S));
-            return Moments{};
-          },
-          [&](i64 sg, const Moments&) { finish_group(sg / G, sg % G); },
-          [&](i64 sg, i64, i64) {
-            for (i64 p = sg * Cg; p < (sg + 1) * Cg; ++p) apply(p, 0, S);
-          });
     } else {
       run_driver<true, SumMerge>(g, reduce, store, [](i64, i64, i64) {});
       for (i64 n = 0; n < N; ++n)
