@@ -687,6 +687,13 @@ ROW_BIG = [
     ((16391, 256), np.float32, True, False),
     ((20003, 250), np.float16, True, True),
     ((5003, 264), np.float64, True, True),
+    # rows shorter than a vector: one vector a row, the last rows through a padded copy
+    ((40009, 10), np.float32, True, True),
+    ((30011, 13), np.float32, False, True),
+    ((20011, 5), np.float32, True, False),
+    ((10007, 7), np.float16, True, True),
+    ((10007, 3), np.float64, True, True),
+    ((9, 3), np.float32, True, True),
 ]
 
 
