@@ -687,8 +687,15 @@ ROW_BIG = [
     ((16391, 256), np.float32, True, False),
     ((20003, 250), np.float16, True, True),
     ((5003, 264), np.float64, True, True),
-    # rows shorter than a vector: one vector a row, the last rows through a padded copy
+    # rows of up to four vectors: whole vectors a row, the last rows through a padded copy
     ((40009, 10), np.float32, True, True),
+    ((20011, 20), np.float32, True, True),
+    ((15013, 32), np.float32, False, True),
+    ((12007, 40), np.float32, True, False),
+    ((10009, 50), np.float32, True, True),
+    ((8009, 64), np.float32, True, True),
+    ((9001, 40), np.float16, True, True),
+    ((9001, 20), np.float64, True, True),
     ((30011, 13), np.float32, False, True),
     ((20011, 5), np.float32, True, False),
     ((10007, 7), np.float16, True, True),

@@ -2123,14 +2123,18 @@ NORMCPP_ALWAYS_INLINE inline void grad_sweep(const T* x, const T* dy, T* dx, i64
 // Rows of a sweep: as many as the level has registers for (4 coefficient vectors a row).
 constexpr int kSweepRows = NORMCPP_VBYTES >= 64 ? 4 : 2;
 
-// LayerNorm/RMSNorm backward of rows shorter than a vector (L < W), one vector a row: its
-// W elements loaded from the row's start (the lanes from L on belong to the next rows, or to
-// a copy of the row padded with zeros where the vector would pass the end of the rows),
-// masked out of the two sums; column sums in registers, added row after row; dx stored whole
-// where the lanes past the row fall on rows of this call not yet written (they are written
-// again in turn) and dx overlaps no input, otherwise through a padded copy. Scalar, a row of
-// L = 10 took ~90 cycles (sums in double one element at a time, column sums in memory).
-template <class T, bool HasW>
+// LayerNorm/RMSNorm backward of short rows, (K - 1) W < L <= K W (K <= kShortRowVecs): K
+// vectors a row, loaded from the row's start (the last one's lanes past the row belong to the
+// next rows, or to a copy of the row padded with zeros where the vectors would pass the end
+// of the rows), those lanes masked out of the row's two sums; column sums in registers, added
+// row after row; dx stored whole where the spare lanes land on rows of this call not yet
+// written (they are written again in turn) and dx overlaps no input, otherwise through a
+// padded copy. Through run_dot and the sweep a row of 32 float32 took ~56 cycles in cache;
+// scalar, a row of L = 10 took ~90 (sums in double one element at a time, column sums in
+// memory).
+constexpr int kShortRowVecs = NORMCPP_VBYTES >= 64 ? 4 : 2;
+
+template <class T, bool HasW, int K>
 NORMCPP_ALWAYS_INLINE inline void short_bwd_rows(const T* x, const T* dy, T* dx, i64 rows,
                                                  i64 L, const typename VT<T>::A* M,
                                                  const typename VT<T>::A* I,
@@ -2142,54 +2146,83 @@ NORMCPP_ALWAYS_INLINE inline void short_bwd_rows(const T* x, const T* dy, T* dx,
   using V = typename Tr::V;
   constexpr i64 W = Tr::W;
   const double n = static_cast<double>(L);
-  const auto own = lane_index<V, A>() < splat<V>(static_cast<A>(L));
-  V wv = splat<V>(A(1)), gacc{}, bacc{};
+  // The last vector's own lanes.
+  const auto own = lane_index<V, A>() < splat<V>(static_cast<A>(L - (K - 1) * W));
+  V wv[K], gacc[K], bacc[K];
+  for (int k = 0; k < K; ++k) {
+    wv[k] = splat<V>(A(1));
+    gacc[k] = bacc[k] = V{};
+  }
   for (i64 t = 0; t < L; ++t) {
-    if constexpr (HasW) wv[t] = Wt[t];
-    if (G) gacc[t] = G[t];
-    if (B) bacc[t] = B[t];
+    if constexpr (HasW) wv[t / W][t % W] = Wt[t];
+    if (G) gacc[t / W][t % W] = G[t];
+    if (B) bacc[t / W][t % W] = B[t];
   }
   const i64 total = rows * L;
   const auto overlaps = [&](const T* in) { return dx < in + total && in < dx + total; };
   const bool whole_stores = !overlaps(x) && !overlaps(dy);
-  // Rows whose vectors lie inside the rows: r * L + W <= total.
-  const i64 inside = total >= W ? (total - W) / L + 1 : 0;
-  T xb[W], gb[W], db[W];
+  // Rows whose vectors lie inside the rows: r * L + K * W <= total.
+  const i64 inside = total >= K * W ? (total - K * W) / L + 1 : 0;
+  T xb[K * W], gb[K * W], db[K * W];
+  // Rows of 256 bytes or more prefetch the lines of the row 16 rows on (x, dy and dx) into L2:
+  // LayerNorm backward of 3M float32 in rows of 64, 1 thread, 1241-1274 us by run_dot and the
+  // sweep, 1334-1357 as here without the prefetch, 952-958 with it. (Shorter rows were not
+  // faster with it: L = 32 2341-2403 without, 2461-2542 with.)
+  const i64 rb = L * static_cast<i64>(sizeof(T));  // bytes a row
+  const i64 pf_rows = rb >= 256 ? 16 : 0;
   for (i64 r = 0; r < rows; ++r) {
     const T* xr = x + r * L;
     const T* gr = dy + r * L;
     const bool in = r < inside;
+    if (pf_rows)
+      for (i64 b = 0; b < rb; b += 64) {
+        __builtin_prefetch(reinterpret_cast<const char*>(xr + pf_rows * L) + b, 0, 2);
+        __builtin_prefetch(reinterpret_cast<const char*>(gr + pf_rows * L) + b, 0, 2);
+        __builtin_prefetch(reinterpret_cast<const char*>(dx + (r + pf_rows) * L) + b, 1, 2);
+      }
     if (!in) {
-      for (i64 t = 0; t < W; ++t) {
+      for (i64 t = 0; t < K * W; ++t) {
         xb[t] = t < L ? xr[t] : T{};
         gb[t] = t < L ? gr[t] : T{};
       }
       xr = xb;
       gr = gb;
     }
-    const V g = Tr::load(gr), xc = Tr::load(xr) - splat<V>(M[r]);
-    V gw = g;
-    if constexpr (HasW) gw *= wv;
-    const double s = 0.0 + hsum(own ? gw : V{}), d = 0.0 + hsum(own ? gw * xc : V{});
+    const V mv = splat<V>(M[r]);
+    V g[K], xc[K], gw[K];
+#pragma GCC unroll 4
+    for (int k = 0; k < K; ++k) {
+      g[k] = Tr::load(gr + k * W);
+      xc[k] = Tr::load(xr + k * W) - mv;
+      gw[k] = g[k];
+      if constexpr (HasW) gw[k] *= wv[k];
+    }
+    V sv = own ? gw[K - 1] : V{}, dv = own ? gw[K - 1] * xc[K - 1] : V{};
+#pragma GCC unroll 4
+    for (int k = 0; k < K - 1; ++k) {
+      sv += gw[k];
+      dv += gw[k] * xc[k];
+    }
+    const double s = 0.0 + hsum(sv), d = 0.0 + hsum(dv);
     const double iv = invstd[r];
     const V bv = splat<V>(static_cast<A>(-iv * iv * iv * d / n));
     const V cv = splat<V>(static_cast<A>(centered ? -iv * s / n : 0.0));
-    const V sv = splat<V>(I[r]);
-    gacc += g * (xc * sv);
-    bacc += g;
-    V gs = g * sv;
-    if constexpr (HasW) gs *= wv;
-    const V v = (xc * bv + cv) + gs;
-    if (in && whole_stores) {
-      Tr::store(dx + r * L, v);
-    } else {
-      Tr::store(db, v);
-      for (i64 t = 0; t < L; ++t) dx[r * L + t] = db[t];
+    const V ivv = splat<V>(I[r]);
+    T* out = in && whole_stores ? dx + r * L : db;
+#pragma GCC unroll 4
+    for (int k = 0; k < K; ++k) {
+      gacc[k] += g[k] * (xc[k] * ivv);
+      bacc[k] += g[k];
+      V gs = g[k] * ivv;
+      if constexpr (HasW) gs *= wv[k];
+      Tr::store(out + k * W, (xc[k] * bv + cv) + gs);
     }
+    if (out == db)
+      for (i64 t = 0; t < L; ++t) dx[r * L + t] = db[t];
   }
   for (i64 t = 0; t < L; ++t) {
-    if (G) G[t] = gacc[t];
-    if (B) B[t] = bacc[t];
+    if (G) G[t] = gacc[t / W][t % W];
+    if (B) B[t] = bacc[t / W][t % W];
   }
 }
 
@@ -2200,9 +2233,21 @@ NORMCPP_NOINLINE void bwd_rows_impl(const T* x, const T* dy, T* dx, i64 rows, i6
                                     const typename VT<T>::A* Wt, bool centered,
                                     typename VT<T>::A* G, typename VT<T>::A* B, bool stream) {
   using A = typename VT<T>::A;
-  if (L < VT<T>::W && L > 0) {
-    short_bwd_rows<T, HasW>(x, dy, dx, rows, L, M, I, invstd, Wt, centered, G, B);
-    return;
+  switch (L > 0 ? (L + VT<T>::W - 1) / VT<T>::W : 0) {
+    case 1:
+      return short_bwd_rows<T, HasW, 1>(x, dy, dx, rows, L, M, I, invstd, Wt, centered, G, B);
+    case 2:
+      return short_bwd_rows<T, HasW, 2>(x, dy, dx, rows, L, M, I, invstd, Wt, centered, G, B);
+    case 3:
+      if constexpr (kShortRowVecs >= 3)
+        return short_bwd_rows<T, HasW, 3>(x, dy, dx, rows, L, M, I, invstd, Wt, centered, G, B);
+      break;
+    case 4:
+      if constexpr (kShortRowVecs >= 4)
+        return short_bwd_rows<T, HasW, 4>(x, dy, dx, rows, L, M, I, invstd, Wt, centered, G, B);
+      break;
+    default:
+      break;
   }
   const double n = static_cast<double>(L);
   double sums[16];

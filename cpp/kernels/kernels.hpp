@@ -103,8 +103,8 @@ struct TypedKernels {
   // with m = M[r], a = I[r] and, in double rounded to A, b = -iv^3 d / L and c = centered ?
   // -iv s / L : 0 (iv = invstd[r]). Seq with G: after run_dot, the column sums and dx in one
   // sweep (the same values) that prefetches the next tile, up to `ahead` rows past the last.
-  // Rows shorter than a vector (L < W): one vector a row, the sums of run_dot's form but
-  // taken over the row's lanes at once, column sums added row after row.
+  // Rows of up to 4 vectors (2 below AVX-512): whole vectors a row, the row's lanes summed at
+  // once (not run_dot's blocks), column sums added row after row.
   void (*bwd_rows)(const T* x, const T* dy, T* dx, std::int64_t rows, std::int64_t ahead,
                    std::int64_t L, std::int64_t tile, bool seq, const A* M, const A* I,
                    const double* invstd, const A* W, bool centered, A* G, A* B, bool stream);
