@@ -2136,7 +2136,7 @@ constexpr int kShortRowVecs = NORMCPP_VBYTES >= 64 ? 4 : 2;
 
 template <class T, bool HasW, int K>
 NORMCPP_ALWAYS_INLINE inline void short_bwd_rows(const T* x, const T* dy, T* dx, i64 rows,
-                                                 i64 L, const typename VT<T>::A* M,
+                                                 i64 ahead, i64 L, const typename VT<T>::A* M,
                                                  const typename VT<T>::A* I,
                                                  const double* invstd,
                                                  const typename VT<T>::A* Wt, bool centered,
@@ -2174,7 +2174,7 @@ NORMCPP_ALWAYS_INLINE inline void short_bwd_rows(const T* x, const T* dy, T* dx,
     const T* xr = x + r * L;
     const T* gr = dy + r * L;
     const bool in = r < inside;
-    if (pf_rows)
+    if (pf_rows && r + pf_rows < rows + ahead)  // rows the caller says may be read
       for (i64 b = 0; b < rb; b += 64) {
         __builtin_prefetch(reinterpret_cast<const char*>(xr + pf_rows * L) + b, 0, 2);
         __builtin_prefetch(reinterpret_cast<const char*>(gr + pf_rows * L) + b, 0, 2);
@@ -2235,16 +2235,20 @@ NORMCPP_NOINLINE void bwd_rows_impl(const T* x, const T* dy, T* dx, i64 rows, i6
   using A = typename VT<T>::A;
   switch (L > 0 ? (L + VT<T>::W - 1) / VT<T>::W : 0) {
     case 1:
-      return short_bwd_rows<T, HasW, 1>(x, dy, dx, rows, L, M, I, invstd, Wt, centered, G, B);
+      return short_bwd_rows<T, HasW, 1>(x, dy, dx, rows, ahead, L, M, I, invstd, Wt, centered,
+                                        G, B);
     case 2:
-      return short_bwd_rows<T, HasW, 2>(x, dy, dx, rows, L, M, I, invstd, Wt, centered, G, B);
+      return short_bwd_rows<T, HasW, 2>(x, dy, dx, rows, ahead, L, M, I, invstd, Wt, centered,
+                                        G, B);
     case 3:
       if constexpr (kShortRowVecs >= 3)
-        return short_bwd_rows<T, HasW, 3>(x, dy, dx, rows, L, M, I, invstd, Wt, centered, G, B);
+        return short_bwd_rows<T, HasW, 3>(x, dy, dx, rows, ahead, L, M, I, invstd, Wt, centered,
+                                          G, B);
       break;
     case 4:
       if constexpr (kShortRowVecs >= 4)
-        return short_bwd_rows<T, HasW, 4>(x, dy, dx, rows, L, M, I, invstd, Wt, centered, G, B);
+        return short_bwd_rows<T, HasW, 4>(x, dy, dx, rows, ahead, L, M, I, invstd, Wt, centered,
+                                          G, B);
       break;
     default:
       break;
