@@ -677,6 +677,17 @@ def test_backward_after_forward_with_separate_out(factory, shape, rng):
 # (swept four at a time with plain stores, a partial vector at the end); 16385 rows: a last
 # tile of one row; float16 and float64 never stream; without weight, or without a bias
 # gradient, the sweep's other forms.
+def _closed_form_backward(x64, g64, w64, axis, centered):
+    """float64 dx of a norm over ``axis`` (mean subtracted when ``centered``: LayerNorm,
+    GroupNorm; not: RMSNorm) with per-element weight ``w64``, and the normalized input."""
+    mu = x64.mean(axis=axis, keepdims=True) if centered else 0.0
+    inv = 1.0 / np.sqrt(((x64 - mu) ** 2).mean(axis=axis, keepdims=True) + EPS)
+    xhat = (x64 - mu) * inv
+    gh = g64 * w64
+    proj = (gh * xhat).mean(axis=axis, keepdims=True)
+    return inv * (gh - proj * xhat - (gh.mean(axis=axis, keepdims=True) if centered else 0.0)), xhat
+
+
 ROW_BIG = [
     ((16800, 250), np.float32, True, True),
     ((16800, 250), np.float32, False, True),
@@ -739,13 +750,7 @@ def test_row_backward_of_a_tensor_beyond_the_caches(rms, shape, dtype, has_w, ha
     assert (db is None) == (rms or not has_b)
     x64, g64 = x.astype(np.float64), g.astype(np.float64)
     w64 = w.astype(np.float64) if has_w else np.ones(L)
-    mu = np.zeros((rows, 1)) if rms else x64.mean(axis=1, keepdims=True)
-    var = ((x64 - mu) ** 2).mean(axis=1, keepdims=True)
-    inv = 1.0 / np.sqrt(var + EPS)
-    xhat = (x64 - mu) * inv
-    gh = g64 * w64
-    proj = (gh * xhat).mean(axis=1, keepdims=True)
-    dx_ref = inv * (gh - proj * xhat - (0.0 if rms else gh.mean(axis=1, keepdims=True)))
+    dx_ref, xhat = _closed_form_backward(x64, g64, w64, axis=1, centered=not rms)
     tol = 4e-3 if dtype == np.float16 else 1e-4
     np.testing.assert_allclose(dx.astype(np.float64), dx_ref, rtol=tol,
                                atol=tol * np.abs(dx_ref).max())
@@ -794,12 +799,7 @@ def test_group_backward_of_many_small_groups(shape, groups, has_w, dtype, rng, r
     wfull = (w.astype(np.float64) if has_w else np.ones(C))
     w64 = np.broadcast_to(wfull[None, :, None], (N, C, int(np.prod(shape[2:])))).reshape(gshape)
     g64 = g.astype(np.float64).reshape(gshape)
-    mu = x64.mean(axis=2, keepdims=True)
-    inv = 1.0 / np.sqrt(((x64 - mu) ** 2).mean(axis=2, keepdims=True) + EPS)
-    xhat = (x64 - mu) * inv
-    gh = g64 * w64
-    dx_ref = inv * (gh - (gh * xhat).mean(axis=2, keepdims=True) * xhat
-                    - gh.mean(axis=2, keepdims=True))
+    dx_ref, xhat = _closed_form_backward(x64, g64, w64, axis=2, centered=True)
     tol = 4e-3 if dtype == np.float16 else 1e-4
     np.testing.assert_allclose(dx.astype(np.float64).reshape(gshape), dx_ref, rtol=tol,
                                atol=tol * np.abs(dx_ref).max())
