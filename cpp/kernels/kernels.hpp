@@ -40,9 +40,12 @@ struct TypedKernels {
   void (*apply_runs)(const T* x, T* y, std::int64_t nruns, std::int64_t L, std::int64_t c0,
                      std::int64_t C, const A* M, const A* S, const A* B, int act, bool stream);
   // Channels-last rows x C, row stride ld >= C (of x and y):
-  // y[r][c] = act((x[r][c] - M[c]) * S[c] + B[c]).
+  // y[r][c] = act((x[r][c] - M[c]) * S[c] + B[c]). hot: x is in L2 (just reduced, or a small
+  // tensor), so wide periods may be written in tiles of rows that keep the coefficients in
+  // registers; otherwise they are written front to back (the values are the same).
   void (*apply_cl)(const T* x, T* y, std::int64_t rows, std::int64_t C, std::int64_t ld,
-                   const A* M, const A* S, const A* B, A* scratch, int act, bool stream);
+                   const A* M, const A* S, const A* B, A* scratch, int act, bool stream,
+                   bool hot);
   // One row: y[j] = act((x[j] - m) * s * W[j] + B[j]); W and/or B may be null (1 and 0).
   void (*apply_row)(const T* x, T* y, std::int64_t n, A m, A s, const A* W, const A* B,
                     int act, bool stream);

@@ -89,10 +89,14 @@ void channel_pass(const NCSRef& t, Finish finish, Finished finished, const typen
         },
         [&](i64, i64 c0, i64 c1, A* scr) {
           if constexpr (Apply)
-            k.apply_cl(x + c0, y + c0, rows, c1 - c0, C, M + c0, Sc + c0, B + c0, scr, act, st);
+            k.apply_cl(x + c0, y + c0, rows, c1 - c0, C, M + c0, Sc + c0, B + c0, scr, act, st,
+                       true);
         });
     return;
   }
+  // A tensor that is fused (reduced and normalized in one visit) is taken to be in L2 when
+  // normalized; a larger one is read from the last-level cache or memory (apply_cl's `hot`).
+  const bool hot = rows * C <= kFuseElems;
   cl_driver<Stats, A>(
       CLGeom{1, rows, C}, k.cl_scratch_elems(C),
       [&](i64, i64 r0, i64 r1, A* scr, double* acc, double* n) {
@@ -105,7 +109,7 @@ void channel_pass(const NCSRef& t, Finish finish, Finished finished, const typen
       },
       [&](i64, i64 r0, i64 r1, A* scr) {
         if constexpr (Apply)
-          k.apply_cl(x + r0 * C, y + r0 * C, r1 - r0, C, C, M, Sc, B, scr, act, st);
+          k.apply_cl(x + r0 * C, y + r0 * C, r1 - r0, C, C, M, Sc, B, scr, act, st, hot);
       });
 }
 
@@ -344,7 +348,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
             const auto u = static_cast<std::size_t>(s * C + c0);
             if constexpr (Ap)
               k.apply_cl(x + off, y + off, S, c1 - c0, C, cf.M + u, cf.Sc + u, cf.B + u, scr, 0,
-                         st);
+                         st, true);
           });
     } else {
       cl_driver<St, A>(
@@ -361,7 +365,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
             const auto u = static_cast<std::size_t>(s * C);
             if constexpr (Ap)
               k.apply_cl(x + off, y + off, r1 - r0, C, C, cf.M + u, cf.Sc + u, cf.B + u, scr, 0,
-                         st);
+                         st, S * C <= kFuseElems);
           });
     }
   };
@@ -466,8 +470,8 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
         [&](i64 s, i64 r0, i64 r1, A* scr) {
           const i64 off = (s * S + r0) * C;
           const auto u = static_cast<std::size_t>(s * C);
-          k.apply_cl(x + off, y + off, r1 - r0, C, C, cf.M + u, cf.Sc + u,
-                     cf.B + u, scr, act, st);
+          k.apply_cl(x + off, y + off, r1 - r0, C, C, cf.M + u, cf.Sc + u, cf.B + u, scr, act,
+                     st, S * C <= kFuseElems);
         });
   }
   if (slots * Cg * S == 0) return;
