@@ -120,24 +120,33 @@ template <class A>
 struct Coefs {
   static constexpr i64 kInline = 64;
   i64 n;
-  A ainline[3 * kInline];
+  // M, Sc and B each start on a 64-byte line: channels-last kernels load them a vector per
+  // vector of x, and a vector load that crosses a line costs two (BN eval NHWC (8,256,28,28)
+  // float32, the C++ loop with the scales and shifts 16 or 48 bytes off a line: 1.13x the
+  // time of aligned ones; 32 bytes off: the same).
+  static constexpr i64 kLine = 64 / static_cast<i64>(sizeof(A));
+  alignas(64) A ainline[3 * kInline];
   double dinline[4 * kInline];
   std::unique_ptr<A[]> abuf;  // uninitialized: every slot is set before it is read
   std::unique_ptr<double[]> dbuf;
   A *M, *Sc, *B;
   double *mean, *var, *w, *b;  // w, b: only for set_range
   explicit Coefs(i64 count) : n(count) {
+    static_assert(kInline % kLine == 0, "inline arrays must keep their lines");
     A* a = ainline;
     double* d = dinline;
+    i64 stride = kInline;
     if (count > kInline) {
-      abuf.reset(new A[static_cast<std::size_t>(3 * count)]);
+      stride = (count + kLine - 1) / kLine * kLine;
+      abuf.reset(new A[static_cast<std::size_t>(3 * stride + kLine)]);
       dbuf.reset(new double[static_cast<std::size_t>(4 * count)]);
-      a = abuf.get();
+      const auto addr = reinterpret_cast<std::uintptr_t>(abuf.get());
+      a = abuf.get() + static_cast<std::ptrdiff_t>((64 - addr % 64) % 64 / sizeof(A));
       d = dbuf.get();
     }
     M = a;
-    Sc = a + count;
-    B = a + 2 * count;
+    Sc = a + stride;
+    B = a + 2 * stride;
     mean = d;
     var = d + count;
     w = d + 2 * count;
