@@ -389,7 +389,7 @@ void row_backward_t(const void* xv, const void* dyv, void* dxv, i64 rows, i64 L,
   const T* dy = static_cast<const T*>(dyv);
   T* dx = static_cast<T*>(dxv);
   std::vector<A> w_store;
-  const A* Wp = param_view<A>(weight, L, w_store);
+  const A* Wp = param_view<A>(weight, L, w_store, rows);
   std::vector<A> Mr(static_cast<std::size_t>(rows)), Ir(Mr);
   for (i64 r = 0; r < rows; ++r) {
     Mr[static_cast<std::size_t>(r)] = static_cast<A>(mean ? mean[r] : 0.0);

@@ -592,8 +592,8 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
   const T* x = static_cast<const T*>(xv);
   T* y = static_cast<T*>(yv);
   std::vector<A> w_store, b_store;
-  const A* W = param_view<A>(weight, L, w_store);
-  const A* B = param_view<A>(bias, L, b_store);
+  const A* W = param_view<A>(weight, L, w_store, rows);
+  const A* B = param_view<A>(bias, L, b_store, rows);
   if (L <= kShortRow && act == 0) {
     if (rows * L == 0) return;
     // The statistics go straight into the saved arrays where they are asked for.
