@@ -21,8 +21,8 @@ namespace {
 // Per-slot scalar coefficients of dx = a * dy + b * (x - m) + c, in the kernel's type.
 template <class A>
 struct GradCoefs {
-  std::vector<A> M, Av, Bv, Cv;
-  explicit GradCoefs(i64 n) : M(static_cast<std::size_t>(n)), Av(M), Bv(M), Cv(M) {}
+  LineVec<A> M, Av, Bv, Cv;
+  explicit GradCoefs(i64 n) : M(n), Av(n), Bv(n), Cv(n) {}
   // weight w, invstd r, slot size n; sums S = sum dy * g, D = sum dy * g * (x - m).
   void set(i64 i, double m, double w, double r, double n, double S, double D, bool through) {
     const auto u = static_cast<std::size_t>(i);
@@ -85,8 +85,8 @@ void channel_grad_pass(const NCSGradRef& t, const typename Kern<T>::A* mu, Finis
 }
 
 template <class A>
-std::vector<A> to_a(const double* v, i64 n) {
-  std::vector<A> out(static_cast<std::size_t>(n));
+LineVec<A> to_a(const double* v, i64 n) {
+  LineVec<A> out(n);
   for (i64 i = 0; i < n; ++i) out[static_cast<std::size_t>(i)] = static_cast<A>(v[i]);
   return out;
 }
@@ -97,7 +97,7 @@ void batch_norm_backward_t(const NCSGradRef& t, ParamRef weight, const double* m
   using A = typename Kern<T>::A;
   const i64 C = t.C;
   const std::vector<double> w = param_vector_d(weight, C, 1.0);
-  const std::vector<A> mu = to_a<A>(mean, C);
+  const LineVec<A> mu = to_a<A>(mean, C);
   GradCoefs<A> cf(C);
   auto finish = [&](i64 c, const Moments& s) {
     const auto u = static_cast<std::size_t>(c);
@@ -112,7 +112,7 @@ template <class T>
 void batch_norm_backward_reduce_t(const NCSGradRef& t, const double* mean, const double* invstd,
                                   double* sum_dy, double* sum_dy_xhat) {
   using A = typename Kern<T>::A;
-  const std::vector<A> mu = to_a<A>(mean, t.C);
+  const LineVec<A> mu = to_a<A>(mean, t.C);
   for (i64 c = 0; c < t.C; ++c) sum_dy[c] = sum_dy_xhat[c] = 0.0;
   auto finish = [&](i64 c, const Moments& s) {
     sum_dy[c] = s.mean;
@@ -148,9 +148,9 @@ void group_backward_t(const NCSGradRef& t, i64 G, ParamRef weight, const double*
   const bool whole = t.layout == Layout::contiguous && Cg * S > 0 && chunks_for(Cg * S) == 1;
   const i64 NCc = whole ? 0 : N * C;
   // Per (n, c): the group's mean, and the sums the reduction produces.
-  std::vector<A> mu(static_cast<std::size_t>(NCc));
+  LineVec<A> mu(NCc);
   for (i64 sg = 0; NCc && sg < N * G; ++sg)  // no division per channel (~30 cycles each)
-    std::fill_n(mu.begin() + sg * Cg, Cg, static_cast<A>(mean[sg]));
+    std::fill_n(mu.data() + sg * Cg, Cg, static_cast<A>(mean[sg]));
   std::vector<double> sdy(static_cast<std::size_t>(N * C)), sdx(sdy);
   GradCoefs<A> cf(NCc);
   // Coefficients of the channels of slot (n, g) once its channels' sums are known.

@@ -100,16 +100,55 @@ void convert_param(const S* src, i64 stride, i64 n, A* out) {
   for (i64 i = 0; i < n; ++i) out[i] = static_cast<A>(src[i * stride]);
 }
 
+// The same from a present parameter of either storage type.
+template <class A>
+void convert_param(const ParamRef& p, i64 n, A* out) {
+  if (p.dtype == DType::f64)
+    convert_param(static_cast<const double*>(p.data), p.stride, n, out);
+  else
+    convert_param(static_cast<const float*>(p.data), p.stride, n, out);
+}
+
 template <class A>
 std::vector<A> param_vector(const ParamRef& p, i64 n, double dflt) {
   std::vector<A> v(static_cast<std::size_t>(n), static_cast<A>(dflt));
-  if (!p.present()) return v;
-  if (p.dtype == DType::f64)
-    convert_param(static_cast<const double*>(p.data), p.stride, n, v.data());
-  else
-    convert_param(static_cast<const float*>(p.data), p.stride, n, v.data());
+  if (p.present()) convert_param(p, n, v.data());
   return v;
 }
+
+// Elements of A in a 64-byte cache line.
+template <class A>
+constexpr i64 kLineElems = 64 / static_cast<i64>(sizeof(A));
+
+// The first element of a buffer of A that starts on a 64-byte line; the buffer needs
+// kLineElems<A> elements of slack for it.
+template <class A>
+A* line_start(A* p) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  return p + static_cast<std::ptrdiff_t>((64 - addr % 64) % 64 / sizeof(A));
+}
+
+// n values of A, zeros at first, the first on a 64-byte line: per-channel arrays that the
+// channels-last kernels load beside every vector of x (a load across two lines costs two; see
+// param_view). Not copyable (points into its own buffer); movable.
+template <class A>
+class LineVec {
+ public:
+  explicit LineVec(i64 n)
+      : buf_(static_cast<std::size_t>(n + kLineElems<A>)),
+        off_(static_cast<std::size_t>(line_start(buf_.data()) - buf_.data())) {}
+  LineVec(const LineVec&) = delete;
+  LineVec& operator=(const LineVec&) = delete;
+  LineVec(LineVec&&) noexcept = default;  // the buffer moves with its offset
+  A* data() { return buf_.data() + off_; }
+  const A* data() const { return buf_.data() + off_; }
+  A& operator[](std::size_t i) { return data()[i]; }
+  const A& operator[](std::size_t i) const { return data()[i]; }
+
+ private:
+  std::vector<A> buf_;
+  std::size_t off_;
+};
 
 // A per-element parameter as contiguous values of type A, read by `rows` rows: the caller's
 // own memory when it already is that and starts on a 64-byte line, or is read by fewer than
@@ -123,14 +162,9 @@ const A* param_view(const ParamRef& p, i64 n, std::vector<A>& storage, i64 rows)
   const bool same = (p.dtype == DType::f64) == std::is_same<A, double>::value;
   const bool on_line = reinterpret_cast<std::uintptr_t>(p.data) % 64 == 0;
   if (same && p.stride == 1 && (on_line || rows < 4)) return static_cast<const A*>(p.data);
-  constexpr i64 kLine = 64 / static_cast<i64>(sizeof(A));
-  storage.resize(static_cast<std::size_t>(n + kLine));
-  const auto addr = reinterpret_cast<std::uintptr_t>(storage.data());
-  A* out = storage.data() + static_cast<std::ptrdiff_t>((64 - addr % 64) % 64 / sizeof(A));
-  if (p.dtype == DType::f64)
-    convert_param(static_cast<const double*>(p.data), p.stride, n, out);
-  else
-    convert_param(static_cast<const float*>(p.data), p.stride, n, out);
+  storage.resize(static_cast<std::size_t>(n + kLineElems<A>));
+  A* out = line_start(storage.data());
+  convert_param(p, n, out);
   return out;
 }
 

@@ -124,7 +124,7 @@ struct Coefs {
   // vector of x, and a vector load that crosses a line costs two (BN eval NHWC (8,256,28,28)
   // float32, the C++ loop with the scales and shifts 16 or 48 bytes off a line: 1.13x the
   // time of aligned ones; 32 bytes off: the same).
-  static constexpr i64 kLine = 64 / static_cast<i64>(sizeof(A));
+  static constexpr i64 kLine = kLineElems<A>;
   alignas(64) A ainline[3 * kInline];
   double dinline[4 * kInline];
   std::unique_ptr<A[]> abuf;  // uninitialized: every slot is set before it is read
@@ -140,8 +140,7 @@ struct Coefs {
       stride = (count + kLine - 1) / kLine * kLine;
       abuf.reset(new A[static_cast<std::size_t>(3 * stride + kLine)]);
       dbuf.reset(new double[static_cast<std::size_t>(4 * count)]);
-      const auto addr = reinterpret_cast<std::uintptr_t>(abuf.get());
-      a = abuf.get() + static_cast<std::ptrdiff_t>((64 - addr % 64) % 64 / sizeof(A));
+      a = line_start(abuf.get());
       d = dbuf.get();
     }
     M = a;
