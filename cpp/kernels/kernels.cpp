@@ -1422,9 +1422,12 @@ NORMCPP_ALWAYS_INLINE inline void cl_mean_rows(const T* x, T* y, i64 nrows, i64 
 // y[0..n) of a channels-last stream of period P (a multiple of W, <= kMaxPeriod) with plain
 // stores: whole period rows through cl_group_rows -- a period of up to 4 vectors in one
 // sweep; a wider one, where x is hot in L2, as column groups of 4 vectors over tiles of rows
-// that stay in L1 (one load a vector), else front to back by cl_mean_rows where its means fit
-// in registers -- and the partial last row with vec/one as in cl_periodic_write. Same
-// arithmetic per element as vec, so the values are bitwise those of the other paths.
+// that stay in L1 (one load a vector), else front to back: by cl_mean_rows where its means
+// fit in registers, by vec (all three coefficients loaded) beyond -- and the partial last row
+// with vec/one as in cl_periodic_write. Same arithmetic per element as vec, so the values are
+// bitwise those of the other paths. (Front to back for wide periods, Python, 1 thread, min
+// us, BN eval NHWC (4,512,28,28): tiles 176-196, vec 164-168; BN eval (1568,1024) 180-190 vs
+// 167-171; about 3% slower for samples of 200K elements that the bench keeps in L2.)
 template <int Act, class T, class VecF, class OneF>
 NORMCPP_ALWAYS_INLINE inline void cl_tiled_write(const T* x, T* y, i64 n, i64 P,
                                                  const typename VT<T>::A* M,
@@ -1450,6 +1453,11 @@ NORMCPP_ALWAYS_INLINE inline void cl_tiled_write(const T* x, T* y, i64 n, i64 P,
     group(0, G, 0, nrows);
   } else if (G <= kClMeanVecs && !hot) {
     cl_mean_rows<Act>(x, y, nrows, G, M, S, B);
+  } else if (!hot) {
+    for (i64 i0 = 0; i0 < nrows * P; i0 += P)
+      write_row(
+          y + i0, P, false, [&](i64 o) NORMCPP_ALWAYS_INLINE { return vec(i0 + o, o); },
+          [&](i64 o) { return one(i0 + o, o); });
   } else {
     const i64 R = imax(1, 2048 / P);  // 8 KB of float32 a tile
     for (i64 r0 = 0; r0 < nrows; r0 += R)
