@@ -108,15 +108,15 @@ def test_channels_last_wide_channel_periods(op, c, dtype):
 @pytest.mark.parametrize("c", [40, 80, 120, 128, 256, 384, 1024])
 @pytest.mark.parametrize("op", ["batch_norm_eval", "batch_norm_train", "instance_norm",
                                 "group_norm"])
-def test_channels_last_beyond_the_fused_size(op, c, dtype):
-    """Channels-last tensors (and instance/group samples) of more than the fused size (112K
-    elements) are normalized from the last-level cache or memory: front to back, not by
-    tiles -- periods of 5-16 vectors with their means in registers, wider ones (C = 384, 1024)
-    loading every coefficient. Every channel must get its own coefficients (float64
-    reference); an odd number of rows leaves half a period to the tail (C = 40: periods of 80
-    channels); eval is bitwise the NCHW kernel's result."""
-    hw = (120_000 // c) | 1
-    x, y = _check(op, (3, c, hw, 1), dtype, "channels_last")
+def test_channels_last_beyond_the_l2(op, c, dtype):
+    """Channels-last tensors (and instance/group samples) whose input and output do not fit
+    in an L2 of up to 2 MiB are normalized as read from the last-level cache or memory: front
+    to back, not by tiles -- periods of 5-16 vectors with their means in registers, wider ones
+    (C = 384, 1024) loading every coefficient. Every channel must get its own coefficients
+    (float64 reference); an odd number of rows leaves half a period to the tail (C = 40:
+    periods of 80 channels); eval is bitwise the NCHW kernel's result."""
+    hw = (560_000 // c) | 1
+    x, y = _check(op, (2, c, hw, 1), dtype, "channels_last")
     if op == "batch_norm_eval":
         y_nchw = run_op(op, np.ascontiguousarray(x))[0]
         np.testing.assert_array_equal(y, y_nchw)

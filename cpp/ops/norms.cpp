@@ -38,6 +38,17 @@ namespace normcpp {
 namespace ops {
 namespace {
 
+// Whether a pass over `elems` elements of T (read and written) fits in one core's L2: data a
+// kernel may take to be there when it starts -- reduced just before, or a tensor small enough
+// that the previous layer's output is still there (apply_cl's `hot`). The fused size where
+// the L2 is unknown. (BN eval NHWC (4,160,14,14), 500 KB in and out, 1 thread min us: taken
+// to be hot 12.2-12.8, not hot 12.9-13.2; at AVX2 12.1-12.5 vs 14.3-14.6.)
+template <class T>
+bool fits_l2(i64 elems) {
+  const i64 l2 = l2_cache_bytes();
+  return l2 > 0 ? 2 * elems * static_cast<i64>(sizeof(T)) <= l2 : elems <= kFuseElems;
+}
+
 // y = (x - M[c]) * Sc[c] + B[c] per channel over an (N, C, S) tensor in either layout, after
 // (Stats) per-channel moments over N and S reported to finish(c, moments). Channels-last, the
 // channels are finished in ranges, each followed by finished(c0, c1) before its channels are
@@ -94,9 +105,7 @@ void channel_pass(const NCSRef& t, Finish finish, Finished finished, const typen
         });
     return;
   }
-  // A tensor that is fused (reduced and normalized in one visit) is taken to be in L2 when
-  // normalized; a larger one is read from the last-level cache or memory (apply_cl's `hot`).
-  const bool hot = rows * C <= kFuseElems;
+  const bool hot = fits_l2<T>(rows * C);
   cl_driver<Stats, A>(
       CLGeom{1, rows, C}, k.cl_scratch_elems(C),
       [&](i64, i64 r0, i64 r1, A* scr, double* acc, double* n) {
@@ -373,7 +382,7 @@ void instance_norm_t(const NCSRef& t, const RunningUpdate& running, ParamRef wei
             const auto u = static_cast<std::size_t>(s * C);
             if constexpr (Ap)
               k.apply_cl(x + off, y + off, r1 - r0, C, C, cf.M + u, cf.Sc + u, cf.B + u, scr, 0,
-                         st, S * C <= kFuseElems);
+                         st, fits_l2<T>(S * C));
           });
     }
   };
@@ -479,7 +488,7 @@ void group_norm_t(const NCSRef& t, i64 G, ParamRef weight, ParamRef bias, double
           const i64 off = (s * S + r0) * C;
           const auto u = static_cast<std::size_t>(s * C);
           k.apply_cl(x + off, y + off, r1 - r0, C, C, cf.M + u, cf.Sc + u, cf.B + u, scr, act,
-                     st, S * C <= kFuseElems);
+                     st, fits_l2<T>(S * C));
         });
   }
   if (slots * Cg * S == 0) return;
