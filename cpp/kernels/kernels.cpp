@@ -1505,9 +1505,10 @@ NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, i64 ld,
       Sp = scratch + E;
       Bp = scratch + 2 * E;
     }
-    // Every period, however wide: row by row (a load of each coefficient beside each vector
-    // of x) took the same min but 1.2x the median for BN eval (256, 1024) and NHWC
-    // (4,7,7,1024) (41 vs 34 us, 31 vs 27 us at 1 thread; 38 vs 33 us at AVX2).
+    // Plain stores, every period however wide, through cl_tiled_write: for data hot in L2,
+    // row by row (a load of each coefficient beside each vector of x) took the same min but
+    // 1.2x the median of its tiles for BN eval (256, 1024) and NHWC (4,7,7,1024) (41 vs 34 us,
+    // 31 vs 27 us at 1 thread; 38 vs 33 us at AVX2); other data goes front to back there.
     if (!st && kStreamable<Act>) {
       cl_tiled_write<Act>(x, y, rows * C, P, Mp, Sp, Bp, hot, vec, one);
       return;
