@@ -1454,10 +1454,7 @@ NORMCPP_ALWAYS_INLINE inline void cl_tiled_write(const T* x, T* y, i64 n, i64 P,
   } else if (G <= kClMeanVecs && !hot) {
     cl_mean_rows<Act>(x, y, nrows, G, M, S, B);
   } else if (!hot) {
-    for (i64 i0 = 0; i0 < nrows * P; i0 += P)
-      write_row(
-          y + i0, P, false, [&](i64 o) NORMCPP_ALWAYS_INLINE { return vec(i0 + o, o); },
-          [&](i64 o) { return one(i0 + o, o); });
+    return cl_periodic_write(y, n, P, false, vec, one);  // rows and tail, in memory order
   } else {
     const i64 R = imax(1, 2048 / P);  // 8 KB of float32 a tile
     for (i64 r0 = 0; r0 < nrows; r0 += R)
