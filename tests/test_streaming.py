@@ -55,6 +55,15 @@ FORWARD = [
     ("layer_norm weight only", (4, 3, 37), lambda x, out: nc.layer_norm(
         x, (3, 37), np.linspace(0.5, 1.5, 111).reshape(3, 37), out=out)),
     ("rms_norm", (7, 145), lambda x, out: nc.rms_norm(x, (145,), np.linspace(1, 2, 145), out=out)),
+    # rows of whole cache lines: the weight and bias are copied to the output's offset in a
+    # line (stream_grid_offset), so that the streamed vectors read them on lines
+    ("layer_norm rows of lines", (6, 128), lambda x, out: nc.layer_norm(
+        x, (128,), np.linspace(0.5, 1.5, 128), np.linspace(-1, 1, 128), out=out)),
+    ("layer_norm rows of lines relu", (7, 64), lambda x, out: nc.layer_norm(
+        x, (64,), np.linspace(0.5, 1.5, 64), np.linspace(-1, 1, 64), out=out,
+        activation="relu")),
+    ("rms_norm rows of lines", (5, 96), lambda x, out: nc.rms_norm(
+        x, (96,), np.linspace(1, 2, 96), out=out)),
 ]
 
 
