@@ -93,6 +93,27 @@ def test_forward_streamed_equals_plain(case, dtype, stream_threshold):
     np.testing.assert_array_equal(inplace, plain, err_msg="in place")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("case", FORWARD, ids=[c[0] for c in FORWARD])
+def test_forward_plain_any_output_offset(case, dtype, stream_threshold):
+    """Plain stores into an output off a cache line go on the output's lines (write_row's
+    grid: the row's first and last vectors stored whole across lines, over the ends of the
+    vectors between): every offset, and in place from every offset, gives the same values."""
+    _, shape, call = case
+    itemsize = np.dtype(dtype).itemsize
+    x = (RNG.standard_normal(shape) * 3 + 1).astype(dtype)
+    stream_threshold(2**62)
+    plain = call(x, None)
+    for offset in range(0, 64, itemsize):
+        out = _buffer(shape, dtype, offset)
+        assert call(x, out) is out
+        np.testing.assert_array_equal(out, plain, err_msg=f"output at 64k + {offset} bytes")
+        inplace = _buffer(shape, dtype, offset)
+        inplace[...] = x
+        call(inplace, inplace)
+        np.testing.assert_array_equal(inplace, plain, err_msg=f"in place at 64k + {offset}")
+
+
 def _p(c, lo, hi):
     return np.linspace(lo, hi, c)
 

@@ -245,17 +245,29 @@ constexpr i64 kSeamRowBytes = 3072;
 // inputs: streaming pays from shorter rows there.
 constexpr i64 kSeamSweepBytes = 512;
 
+// Whether vectors of a per-element array p of A (a LayerNorm weight) taken beside vectors on
+// y's lines are on lines too: p at y's offset in a line, A of T's size (row_grid_offset in the
+// ops places weights so).
+template <class A, class T>
+inline bool same_line_offset(const A* p, const T* y) {
+  return sizeof(A) == sizeof(T) &&
+         (reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(y)) % 64 == 0;
+}
+
 // y[0..n) of one elementwise row: vec(i) gives elements [i, i + W) as a vector, one(i) element
-// i. Plain: vectors up to nv = n - n % W, then one() for the rest. Streamed: only whole 64-byte
-// lines are streamed (a line written partly by plain and partly by streaming stores -- at the
-// seams between rows -- costs a partial write to memory); the elements before the first and
-// after the last whole line are stored plainly; a row that is not whole lines streams from
+// i. Plain: vectors up to nv = n - n % W, then one() for the rest; with `grid` (the caller's
+// vec takes any i, not only multiples of W), a row of at least 4 lines off a line is written
+// in vectors on y's lines instead (see the plain path). Streamed: only whole 64-byte lines are
+// streamed (a line written partly by plain and partly by streaming stores -- at the seams
+// between rows -- costs a partial write to memory); the elements before the first and after
+// the last whole line are stored plainly; a row that is not whole lines streams from
 // kSeamRowBytes on. Every element below nv still comes from the same vector arithmetic (lane j
 // of vec(i) depends only on element i + j), so the values are bitwise those of the plain path:
 // the lanes before the first vector on the grid are lanes of vec(0) and those after its last
 // vector lanes of vec(nv - W), both computed before anything is written (y may be x).
 template <class T, class VecF, class OneF>
-NORMCPP_ALWAYS_INLINE inline void write_row(T* y, i64 n, bool stream, VecF&& vec, OneF&& one) {
+NORMCPP_ALWAYS_INLINE inline void write_row(T* y, i64 n, bool stream, VecF&& vec, OneF&& one,
+                                            bool grid = false) {
   using Tr = VT<T>;
   using V = typename Tr::V;
   constexpr i64 W = Tr::W;
@@ -279,6 +291,24 @@ NORMCPP_ALWAYS_INLINE inline void write_row(T* y, i64 n, bool stream, VecF&& vec
       for (; i < n; ++i) y[i] = one(i);
       return;
     }
+  }
+  const auto addr = reinterpret_cast<std::uintptr_t>(y);
+  const i64 g = static_cast<i64>((64 - addr % 64) % 64 / sizeof(T)) % W;  // grid start
+  if (grid && g > 0 && addr % sizeof(T) == 0 && nv >= 4 * kLine) {
+    // Vectors on y's lines (a store across two lines costs two; NumPy's large arrays start 16
+    // bytes past a line): y[0, W) and y[nv - W, nv) stored whole, across lines, over the ends
+    // of the vectors at g + k W between them (the same values). 1 thread, min us: BatchNorm
+    // eval NCHW (8,256,28,28) into an out= from np.empty_like 163-165 -> 155-157 (153 on a
+    // line), in place 102-103 -> 77, InstanceNorm 247-249 -> 238.
+    const V first = vec(0), last = vec(nv - W), second = vec(g);  // before y[0, W) is written
+    Tr::store(y, first);
+    Tr::store(y + g, second);
+    i = g + W;
+#pragma GCC unroll 4
+    for (; i + W <= nv; i += W) Tr::store(y + i, vec(i));
+    Tr::store(y + nv - W, last);
+    for (i = nv; i < n; ++i) y[i] = one(i);
+    return;
   }
   // Unrolled: the loop's own increment, compare and branch would otherwise be a third of
   // the instructions of a plain affine map.
@@ -1258,7 +1288,7 @@ constexpr bool kChainAct = Act == kSilu || Act == kGelu;
 // a time through activate_n (the same values; see vexp_n). one(i) includes the activation.
 template <int Act, class T, class PreF, class OneF>
 NORMCPP_ALWAYS_INLINE inline void write_row_act(T* y, i64 n, bool stream, PreF&& pre,
-                                                OneF&& one) {
+                                                OneF&& one, bool grid = false) {
   using Tr = VT<T>;
   using V = typename Tr::V;
   if constexpr (kChainAct<Act> && std::is_same_v<V, vfloat>) {
@@ -1277,7 +1307,8 @@ NORMCPP_ALWAYS_INLINE inline void write_row_act(T* y, i64 n, bool stream, PreF&&
     }
   }
   write_row(
-      y, n, stream, [&](i64 i) NORMCPP_ALWAYS_INLINE { return activate<Act>(pre(i)); }, one);
+      y, n, stream, [&](i64 i) NORMCPP_ALWAYS_INLINE { return activate<Act>(pre(i)); }, one,
+      grid);
 }
 
 // write_row_act as a row writer (see cl_periodic_write).
@@ -1328,7 +1359,8 @@ NORMCPP_NOINLINE void apply_scalar_impl(const T* x, T* y, i64 n, typename VT<T>:
   write_row_act<Act>(
       y, n, stream && kStreamable<Act>,
       [&](i64 i) NORMCPP_ALWAYS_INLINE { return (Tr::load(x + i) - mv) * av + bv; },
-      [&](i64 i) { return Tr::from_a(activate_one<Act>((Tr::to_a(x[i]) - m) * a + b)); });
+      [&](i64 i) { return Tr::from_a(activate_one<Act>((Tr::to_a(x[i]) - m) * a + b)); },
+      true);
 }
 
 template <class T>
@@ -1547,6 +1579,8 @@ NORMCPP_NOINLINE void apply_row_impl(const T* x, T* y, i64 n, typename VT<T>::A 
   using A = typename Tr::A;
   using V = typename Tr::V;
   const V mv = splat<V>(m), sv = splat<V>(s);
+  // On y's lines only where the weights are read on lines there too (see same_line_offset).
+  const bool grid = (!HasW || same_line_offset(Wt, y)) && (!HasB || same_line_offset(Bs, y));
   write_row_act<Act>(
       y, n, stream && kStreamable<Act>,
       [&](i64 i) NORMCPP_ALWAYS_INLINE {
@@ -1560,7 +1594,8 @@ NORMCPP_NOINLINE void apply_row_impl(const T* x, T* y, i64 n, typename VT<T>::A 
         if constexpr (HasW) v = v * Wt[i];
         if constexpr (HasB) v = v + Bs[i];
         return Tr::from_a(activate_one<Act>(v));
-      });
+      },
+      grid);
 }
 
 template <class T>
@@ -1995,6 +2030,7 @@ void bwd_row_impl(const T* x, const T* dy, T* dx, i64 n, typename VT<T>::A m,
   using A = typename Tr::A;
   using V = typename Tr::V;
   const V mv = splat<V>(m), av = splat<V>(a), bv = splat<V>(b), cv = splat<V>(c);
+  const bool grid = !HasW || same_line_offset(Wt, dx);  // as in apply_row_impl
   write_row(
       dx, n, stream,
       [&](i64 i) NORMCPP_ALWAYS_INLINE {
@@ -2008,7 +2044,8 @@ void bwd_row_impl(const T* x, const T* dy, T* dx, i64 n, typename VT<T>::A m,
         A g = Tr::to_a(dy[i]) * a;
         if constexpr (HasW) g *= Wt[i];
         return Tr::from_a(((Tr::to_a(x[i]) - m) * b + c) + g);
-      });
+      },
+      grid);
 }
 
 template <class T>

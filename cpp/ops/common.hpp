@@ -154,7 +154,7 @@ class LineVec {
 // own memory when it already is that and starts `at` bytes past a 64-byte line, or is read by
 // fewer than 4 rows (no copy: a LayerNorm weight can be as large as the input); else a copy in
 // `storage`, converted and `at` bytes past a line (at: a multiple of sizeof(A) below 64, see
-// stream_grid_offset). The kernels load a weight vector beside every vector of x, and a load
+// row_grid_offset). The kernels load a weight vector beside every vector of x, and a load
 // across two lines costs two (NumPy puts an array of 384 float32 48 bytes off a line:
 // LayerNorm (64,197,384) 1 thread 1123-1198 us, 1060 on a line). nullptr when absent.
 template <class A>
@@ -170,23 +170,21 @@ const A* param_view(const ParamRef& p, i64 n, std::vector<A>& storage, i64 rows,
   return out;
 }
 
-// Where in its cache line a per-element parameter read beside the vectors of a streamed
-// output y of rows of L elements of T should start (param_view's `at`). Streamed rows are
-// written in vectors on y's lines (write_row: the elements before y's first line are stored
-// apart), so where rows are whole lines -- each starting at y's offset in its line -- a weight
-// at that offset is read on lines too. An out= from NumPy starts 16 bytes past a line: LayerNorm
+// Where in its cache line a per-element parameter read beside the vectors of an output y of
+// rows of L elements of T should start (param_view's `at`): y's offset in its line, where rows
+// are whole lines (each starting at that offset) of at least 4, T is A (float32, float64) and
+// the rows are written on y's lines (write_row's grid: the kernels write such rows in vectors
+// on y's lines, streamed or not, and read a weight on the same grid only where it sits at y's
+// offset; `chained` -- silu or gelu -- rows of float32 and float16 are written from their first
+// element); else 0 (on a line). An out= from NumPy starts 16 bytes past a line: LayerNorm
 // (8,512,768) float32, 1 thread, streamed, weight and bias on lines 680-686 us, at y's offset
-// 580-585 (the output cache's y, on a line: 571-587). 0 (on a line) where nothing is streamed:
-// plain rows are written from their first element.
-template <class T>
-std::size_t stream_grid_offset(const void* y, i64 L, bool stream) {
+// 580-585 (the output cache's y, on a line: 571-587).
+template <class T, class A>
+std::size_t row_grid_offset(const void* y, i64 L, bool chained) {
   const auto off = static_cast<std::size_t>(reinterpret_cast<std::uintptr_t>(y) % 64);
-#if defined(__x86_64__) || defined(__i386__)
-  const bool streams = std::is_same<T, float>::value;  // kernels.cpp: kCanStream
-#else
-  const bool streams = false;
-#endif
-  if (!stream || !streams || (L * static_cast<i64>(sizeof(T))) % 64 != 0 || off % sizeof(T))
+  const i64 bytes = L * static_cast<i64>(sizeof(T));
+  if (!std::is_same<T, A>::value || (chained && !std::is_same<T, double>::value) ||
+      bytes % 64 != 0 || bytes < 256 || off % sizeof(T) != 0)
     return 0;
   return off;
 }

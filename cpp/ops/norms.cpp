@@ -600,12 +600,11 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
   const T* x = static_cast<const T*>(xv);
   T* y = static_cast<T*>(yv);
   std::vector<A> w_store, b_store;
-  const bool short_rows_path = L <= kShortRow && act == 0;  // never streamed
-  const bool st = !short_rows_path && stream_output<T>(rows * L, y, x);
-  // (silu and gelu are never streamed: kernels.cpp, kStreamable)
-  const bool act_streams = act != static_cast<int>(Activation::silu) &&
-                           act != static_cast<int>(Activation::gelu);
-  const std::size_t at = stream_grid_offset<T>(y, L, st && act_streams);
+  const bool short_rows_path = L <= kShortRow && act == 0;
+  const std::size_t at =
+      short_rows_path ? 0
+                      : row_grid_offset<T, A>(y, L, act == static_cast<int>(Activation::silu) ||
+                                                        act == static_cast<int>(Activation::gelu));
   const A* W = param_view<A>(weight, L, w_store, rows, at);
   const A* B = param_view<A>(bias, L, b_store, rows, at);
   if (short_rows_path) {
@@ -618,6 +617,7 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
     short_rows<T>(x, y, rows, L, W, B, eps, rms, m, is);
     return;
   }
+  const bool st = stream_output<T>(rows * L, y, x);
   std::vector<double> mean(static_cast<std::size_t>(rows)), var(mean);
   if (L <= kFuseElems) {
     // Rows normalized whole, each by one thread: the kernel's row loop, blocks of ~8K
