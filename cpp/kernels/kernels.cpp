@@ -1610,24 +1610,27 @@ void apply_row(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A s
   });
 }
 
-// norm_rows prefetches rows kRowsAhead ahead where that many rows take at most this many
-// bytes.
-constexpr i64 kRowPrefetchBytes = 16 * 1024;
+// A row or slot of up to this many bytes has its moments taken before the previous one is
+// normalized (norm_rows, norm_slots): the two then sit together in half of L1.
+constexpr i64 kAheadBytes = 8 * 1024;
+// Rows prefetched ahead by norm_rows: kRowsAhead rows ahead where a row takes kAheadBytes or less,
+// else the next row where it takes kRowPrefetchBytes or less.
 constexpr i64 kRowsAhead = 3;
+constexpr i64 kRowPrefetchBytes = 16 * 1024;
 
 // LayerNorm/RMSNorm rows normalized whole, one after another (TypedKernels::norm_rows): per
 // row its moments, the coefficients in double, then apply_row_impl, with no call through the
 // kernel table per row (LayerNorm (512,384) L2-resident, 1 thread, min: 48 -> 41 us; from
 // memory (64,197,384) 1508 -> 1314 us). A row's moments are taken before the previous row is
-// normalized: the reads of row r + 1 then go out ahead of row r's stores instead of waiting
-// behind them (and the moments' dependency chain -- horizontal sums, the square root and
-// division -- runs beside the stores), and rows kRowsAhead ahead are prefetched. 1 thread, min
-// us, against moments then normalization row by row with the next row prefetched: LayerNorm
-// (8,512,768) 581-593 -> 545-557, (50000,100) 1780-1807 -> 1598-1614, (512,384) 37.6-38.6 ->
-// 35-37, (64,197,384) from memory 1001-1009 -> 1029-1038; 2 threads (50000,100) 909-918 ->
-// 808. (Moments one row ahead without the prefetch: (8,512,768) 497-527 but (64,197,384)
-// 1164-1324.) A prefetch past the end of an array is harmless (it never faults), but none is
-// issued there.
+// normalized, where both fit kAheadBytes: the reads of row r + 1 then go out ahead of row r's
+// stores instead of waiting behind them (and the moments' dependency chain -- horizontal sums,
+// square root, division -- runs beside the stores), and rows kRowsAhead ahead are prefetched.
+// 1 thread, min us, against moments then normalization row by row with the next row
+// prefetched: LayerNorm (8,512,768) 581-593 -> 545-571, (50000,100) 1770-1807 -> 1598-1641,
+// (512,384) 37.6-38.6 -> 35-37, (64,197,384) from memory 1001-1043 -> 1013-1038; 2 threads
+// (50000,100) 909-918 -> 808. (Moments one row ahead without the prefetch: (8,512,768) 497-527
+// but (64,197,384) 1164-1324.) A prefetch past the end of an array would be harmless (it never
+// faults); none is issued there.
 template <int Act, class T, bool HasW, bool HasB>
 NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
                                      const typename VT<T>::A* Wt, const typename VT<T>::A* Bs,
@@ -1636,7 +1639,6 @@ NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
   using A = typename VT<T>::A;
   const i64 bytes = L * static_cast<i64>(sizeof(T));
   const double n = static_cast<double>(L);
-  const bool prefetch = kRowsAhead * bytes <= kRowPrefetchBytes;
   auto moments = [&](i64 r) NORMCPP_ALWAYS_INLINE {
     const T* xr = x + r * L;
     if (rms) {
@@ -1648,11 +1650,16 @@ NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
       var[r] = clamp_nonneg(m.m2 / m.n);
     }
   };
-  if (rows > 0) moments(0);
+  const bool ahead = bytes <= kAheadBytes;
+  const i64 pf = ahead ? kRowsAhead : bytes <= kRowPrefetchBytes ? 1 : 0;  // rows ahead
+  if (rows > 0 && ahead) moments(0);
   for (i64 r = 0; r < rows; ++r) {
     const T* xr = x + r * L;
-    if (prefetch && r + kRowsAhead < rows) prefetch_range(xr + kRowsAhead * L, bytes);
-    if (r + 1 < rows) moments(r + 1);
+    if (pf && r + pf < rows) prefetch_range(xr + pf * L, bytes);
+    if (!ahead)
+      moments(r);
+    else if (r + 1 < rows)
+      moments(r + 1);
     apply_row_impl<Act, T, HasW, HasB>(xr, y + r * L, L, static_cast<A>(mean[r]),
                                        static_cast<A>(inv_std(var[r], eps)), Wt, Bs, stream);
   }
@@ -1679,22 +1686,34 @@ void norm_rows(const T* x, T* y, i64 rows, i64 L, const typename VT<T>::A* Wt,
 
 // Slots of R runs of S elements normalized whole, one after another (TypedKernels::norm_slots:
 // InstanceNorm and GroupNorm NCHW with small planes): per slot its moments, then each run with
-// its channel's coefficients. (Prefetching the next slot as norm_rows does made InstanceNorm
-// 6-17% slower: planes of 3-12.5 KB, mostly in cache already.)
+// its channel's coefficients. A slot of one run (InstanceNorm) of up to kAheadBytes has its
+// moments taken before the previous one is normalized, as in norm_rows_impl (1 thread, min us:
+// InstanceNorm (8,256,28,28) 241-242 -> 227-232, (64,256,14,14) 742-750 -> 652-660,
+// (128,512,7,7) 1623-1630 -> 1345). GroupNorm's slots of several runs were slower so
+// ((128,512,7,7) G = 32: 772-844 -> 920-1044), and so were planes of 12.5 KB ((1,64,56,56)
+// 22.7-23.5 -> 25.4-25.9: the previous plane no longer in L1). (Prefetching the next slot as
+// norm_rows does made InstanceNorm 6-17% slower: planes of 3-12.5 KB, mostly in cache
+// already.)
 template <int Act, class T>
 NORMCPP_NOINLINE void norm_slots_impl(const T* x, T* y, i64 nslots, i64 R, i64 S, i64 c0,
                                       i64 C, const double* w, const double* b, double eps,
                                       bool stream, double* mean, double* var) {
   using A = typename VT<T>::A;
   const i64 E = R * S;
+  auto moments = [&](i64 i) NORMCPP_ALWAYS_INLINE {
+    const Moments m = run_moments(x + i * E, E);
+    mean[i] = m.mean;
+    var[i] = clamp_nonneg(m.m2 / m.n);
+  };
   i64 c = c0;
+  const bool ahead = R == 1 && E * static_cast<i64>(sizeof(T)) <= kAheadBytes;
+  if (nslots > 0 && ahead) moments(0);
   for (i64 i = 0; i < nslots; ++i) {
     const T* xs = x + i * E;
-    const Moments m = run_moments(xs, E);
-    const double v = clamp_nonneg(m.m2 / m.n), is = inv_std(v, eps);
-    mean[i] = m.mean;
-    var[i] = v;
-    const A ma = static_cast<A>(m.mean);
+    if (!ahead) moments(i);
+    else if (i + 1 < nslots) moments(i + 1);
+    const double is = inv_std(var[i], eps);
+    const A ma = static_cast<A>(mean[i]);
     for (i64 j = 0; j < R; ++j) {
       const A sc = static_cast<A>((w ? w[c] : 1.0) * is), bc = static_cast<A>(b ? b[c] : 0.0);
       apply_scalar_impl<Act>(xs + j * S, y + i * E + j * S, S, ma, sc, bc, stream);
