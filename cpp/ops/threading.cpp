@@ -9,6 +9,9 @@
 #include <pthread.h>
 #include <unistd.h>
 #endif
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #include "normcpp/normcpp.hpp"
 #include "ops/parallel.hpp"
@@ -150,6 +153,30 @@ std::atomic<bool>& stream_auto() {
 
 namespace ops {
 int configured_threads() { return thread_setting().load(std::memory_order_relaxed); }
+
+#if defined(__linux__)
+int current_cpu() { return sched_getcpu(); }
+
+void leave_cpu(int cpu) {
+  if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getcpu() != cpu) return;
+  // The CPUs this thread may use before normcpp first moved it (a user's binding is kept).
+  thread_local cpu_set_t allowed;
+  thread_local bool have = false;
+  if (!have) {
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
+    have = true;
+  }
+  cpu_set_t set = allowed;
+  const auto c = static_cast<std::size_t>(cpu);
+  if (!CPU_ISSET(c, &set) || CPU_COUNT(&set) < 2) return;
+  CPU_CLR(c, &set);
+  sched_setaffinity(0, sizeof set, &set);  // best effort: on failure the thread stays
+}
+#else
+int current_cpu() { return -1; }
+void leave_cpu(int) {}
+#endif
+
 std::int64_t l2_cache_bytes() { return cache_bytes(2); }
 std::int64_t small_llc_bytes() {
   const std::int64_t llc = cache_bytes(3);

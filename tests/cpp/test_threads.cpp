@@ -9,7 +9,14 @@
 
 #include "harness.hpp"
 #include "normcpp/normcpp.hpp"
+#include "ops/parallel.hpp"
 #include "suites.hpp"
+
+#if defined(__linux__)
+#include <sched.h>
+
+#include <thread>
+#endif
 
 namespace nt {
 namespace {
@@ -158,6 +165,39 @@ struct RowCfg {
 
 }  // namespace
 
+// ops::leave_cpu (a worker moving off the CPU of the thread that opened a parallel region),
+// in a thread of its own so that this one keeps its CPUs: it takes exactly the CPU the thread
+// is on out of its mask, and the thread then runs elsewhere. (The thread may migrate between
+// reading its CPU and the call, which then changes nothing: a few tries.)
+void check_leave_cpu() {
+#if defined(__linux__)
+  cpu_set_t before;
+  if (sched_getaffinity(0, sizeof before, &before) != 0 || CPU_COUNT(&before) < 2) return;
+  if (normcpp::ops::current_cpu() < 0) return;
+  ++counts().cases;
+  std::string err = "leave_cpu never took a CPU out of the mask";
+  std::thread t([&] {
+    for (int attempt = 0; attempt < 20; ++attempt) {
+      const int now = sched_getcpu();
+      normcpp::ops::leave_cpu(now);
+      cpu_set_t m;
+      sched_getaffinity(0, sizeof m, &m);
+      if (CPU_EQUAL(&m, &before)) continue;  // migrated before the call: nothing done
+      const auto u = static_cast<std::size_t>(now);
+      if (CPU_ISSET(u, &m) || CPU_COUNT(&m) != CPU_COUNT(&before) - 1)
+        err = "leave_cpu(" + std::to_string(now) + ") did not take exactly that CPU out";
+      else if (sched_getcpu() == now)
+        err = "still on CPU " + std::to_string(now) + " after leave_cpu";
+      else
+        err.clear();
+      return;
+    }
+  });
+  t.join();
+  if (!err.empty()) report_failure("[threads leave_cpu] " + err);
+#endif
+}
+
 void suite_threads(const std::string& isa) {
   // Slots of > 65536 elements (chunked) and many slots (split across threads), both layouts.
   std::vector<NcsCfg> ncs = {{2, 6, 70001, 3}, {1, 4, 120001, 2}, {40001, 3, 3, 3}};
@@ -205,6 +245,7 @@ void suite_threads(const std::string& isa) {
     }
   }
   normcpp::set_num_threads(saved);
+  check_leave_cpu();
 }
 
 }  // namespace nt
