@@ -21,7 +21,7 @@ int configured_threads();
 // The CPU the calling thread runs on (-1 if unknown).
 int current_cpu();
 // Moves the calling thread off `cpu` if it runs there: takes `cpu` out of the CPUs it may
-// use (those it had before normcpp first moved it), where another one is left. Linux only.
+// use (its mask apart from normcpp's own moves), where another one is left. Linux only.
 void leave_cpu(int cpu);
 // Output bytes from which the apply kernels stream their stores (set_stream_threshold).
 std::int64_t stream_threshold();

@@ -159,18 +159,20 @@ int current_cpu() { return sched_getcpu(); }
 
 void leave_cpu(int cpu) {
   if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getcpu() != cpu) return;
-  // The CPUs this thread may use before normcpp first moved it (a user's binding is kept).
-  thread_local cpu_set_t allowed;
-  thread_local bool have = false;
-  if (!have) {
-    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
-    have = true;
-  }
+  // The CPUs this thread may use apart from normcpp's moves: its mask when first moved, or
+  // whatever mask someone else has set since (then not the one normcpp last set).
+  thread_local cpu_set_t allowed, last;
+  thread_local bool moved = false;
+  cpu_set_t now;
+  if (sched_getaffinity(0, sizeof now, &now) != 0) return;
+  if (!moved || !CPU_EQUAL(&now, &last)) allowed = now;
   cpu_set_t set = allowed;
   const auto c = static_cast<std::size_t>(cpu);
   if (!CPU_ISSET(c, &set) || CPU_COUNT(&set) < 2) return;
   CPU_CLR(c, &set);
-  sched_setaffinity(0, sizeof set, &set);  // best effort: on failure the thread stays
+  if (sched_setaffinity(0, sizeof set, &set) != 0) return;  // best effort: the thread stays
+  last = set;
+  moved = true;
 }
 #else
 int current_cpu() { return -1; }

@@ -167,30 +167,41 @@ struct RowCfg {
 
 // ops::leave_cpu (a worker moving off the CPU of the thread that opened a parallel region),
 // in a thread of its own so that this one keeps its CPUs: it takes exactly the CPU the thread
-// is on out of its mask, and the thread then runs elsewhere. (The thread may migrate between
-// reading its CPU and the call, which then changes nothing: a few tries.)
+// is on out of the thread's mask, and the thread then runs elsewhere; moved again, the CPU it
+// left first is allowed again (the mask is the original one less the CPU just left). (The
+// thread may migrate between reading its CPU and the call, which then changes nothing: a few
+// tries.)
 void check_leave_cpu() {
 #if defined(__linux__)
   cpu_set_t before;
   if (sched_getaffinity(0, sizeof before, &before) != 0 || CPU_COUNT(&before) < 2) return;
   if (normcpp::ops::current_cpu() < 0) return;
   ++counts().cases;
-  std::string err = "leave_cpu never took a CPU out of the mask";
+  std::string err;
   std::thread t([&] {
-    for (int attempt = 0; attempt < 20; ++attempt) {
-      const int now = sched_getcpu();
-      normcpp::ops::leave_cpu(now);
-      cpu_set_t m;
-      sched_getaffinity(0, sizeof m, &m);
-      if (CPU_EQUAL(&m, &before)) continue;  // migrated before the call: nothing done
-      const auto u = static_cast<std::size_t>(now);
-      if (CPU_ISSET(u, &m) || CPU_COUNT(&m) != CPU_COUNT(&before) - 1)
-        err = "leave_cpu(" + std::to_string(now) + ") did not take exactly that CPU out";
-      else if (sched_getcpu() == now)
-        err = "still on CPU " + std::to_string(now) + " after leave_cpu";
-      else
-        err.clear();
-      return;
+    cpu_set_t prev = before;
+    int left = -1;
+    for (int step = 0; step < 2 && err.empty(); ++step) {
+      err = "leave_cpu never took a CPU out of the mask (step " + std::to_string(step) + ")";
+      for (int attempt = 0; attempt < 20; ++attempt) {
+        const int now = sched_getcpu();
+        normcpp::ops::leave_cpu(now);
+        cpu_set_t m;
+        sched_getaffinity(0, sizeof m, &m);
+        if (CPU_EQUAL(&m, &prev)) continue;  // migrated before the call: nothing done
+        const auto u = static_cast<std::size_t>(now);
+        if (CPU_ISSET(u, &m) || CPU_COUNT(&m) != CPU_COUNT(&before) - 1)
+          err = "leave_cpu(" + std::to_string(now) + ") did not take exactly that CPU out";
+        else if (left >= 0 && !CPU_ISSET(static_cast<std::size_t>(left), &m))
+          err = "CPU " + std::to_string(left) + " left earlier is still excluded";
+        else if (sched_getcpu() == now)
+          err = "still on CPU " + std::to_string(now) + " after leave_cpu";
+        else
+          err.clear();
+        prev = m;
+        left = now;
+        break;
+      }
     }
   });
   t.join();
