@@ -162,8 +162,8 @@ const A* param_view(const ParamRef& p, i64 n, std::vector<A>& storage, i64 rows,
                     std::size_t at = 0) {
   if (!p.present()) return nullptr;
   const bool same = (p.dtype == DType::f64) == std::is_same<A, double>::value;
-  const bool on_line = reinterpret_cast<std::uintptr_t>(p.data) % 64 == at;
-  if (same && p.stride == 1 && (on_line || rows < 4)) return static_cast<const A*>(p.data);
+  const bool placed = reinterpret_cast<std::uintptr_t>(p.data) % 64 == at;
+  if (same && p.stride == 1 && (placed || rows < 4)) return static_cast<const A*>(p.data);
   storage.resize(static_cast<std::size_t>(n + 2 * kLineElems<A>));
   A* out = line_start(storage.data()) + at / sizeof(A);
   convert_param(p, n, out);
