@@ -553,8 +553,14 @@ constexpr i64 kRowPeriod = 64;
 // each such row is whole lines, streamed with the coefficients at h + j -- no per-vector
 // period position to carry. The h elements before and the (fewer than P) after the last row
 // are stored plainly, every element from a lane of some vector (as in the plain path).
-template <class T, class VecF>
-NORMCPP_ALWAYS_INLINE inline void cl_stream_lines(T* y, i64 n, i64 P, i64 h, VecF& vec) {
+// rows(h, nrows) may stream the whole rows instead and return true (the same values: vec's
+// arithmetic with the coefficients at h + j, which it may hold in registers).
+struct VecRows {
+  bool operator()(i64, i64) const { return false; }
+};
+template <class T, class VecF, class RowsF = VecRows>
+NORMCPP_ALWAYS_INLINE inline void cl_stream_lines(T* y, i64 n, i64 P, i64 h, VecF& vec,
+                                                  RowsF rows = {}) {
   using V = typename VT<T>::V;
   constexpr i64 W = VT<T>::W;
   for (i64 i = 0; i < h; i += W) {
@@ -562,9 +568,13 @@ NORMCPP_ALWAYS_INLINE inline void cl_stream_lines(T* y, i64 n, i64 P, i64 h, Vec
     for (i64 k = 0; k < W && i + k < h; ++k) y[i + k] = v[k];
   }
   i64 i0 = h;
-  for (; i0 + P <= n; i0 += P) {
+  if (rows(h, (n - h) / P)) {
+    i0 += (n - h) / P * P;
+  } else {
+    for (; i0 + P <= n; i0 += P) {
 #pragma GCC unroll 4
-    for (i64 j = 0; j < P; j += W) stream_store(y + i0 + j, vec(i0 + j, h + j));
+      for (i64 j = 0; j < P; j += W) stream_store(y + i0 + j, vec(i0 + j, h + j));
+    }
   }
   // The elements [i0, n) after the last row: a vector's coefficients start at its element's
   // period position (the pattern is extended past P for vectors that start late in it).
@@ -586,17 +596,18 @@ struct PlainRows {
 
 // Rows: how plain rows are written (write_row, or write_row_act for the activations that take
 // several vectors at a time, whose vec then gives the values before the activation and which
-// never stream).
-template <class T, class VecF, class OneF, class Rows = PlainRows>
+// never stream); StreamRows: cl_stream_lines' rows.
+template <class T, class VecF, class OneF, class Rows = PlainRows, class StreamRows = VecRows>
 NORMCPP_ALWAYS_INLINE inline void cl_periodic_write(T* y, i64 n, i64 P, bool stream, VecF& vec,
-                                                    OneF& one, Rows rows = {}) {
+                                                    OneF& one, Rows rows = {},
+                                                    StreamRows srows = {}) {
   if constexpr (kCanStream<T>) {
     constexpr i64 kLine = 64 / static_cast<i64>(sizeof(T));
     const auto addr = reinterpret_cast<std::uintptr_t>(y);
     if (stream && P % kLine == 0 && addr % sizeof(T) == 0) {
       const i64 h = static_cast<i64>((64 - addr % 64) % 64 / sizeof(T));
       if (n >= h + P) {
-        cl_stream_lines(y, n, P, h, vec);
+        cl_stream_lines(y, n, P, h, vec, srows);
         return;
       }
     }
@@ -1388,7 +1399,7 @@ void apply_runs(const T* x, T* y, i64 nruns, i64 L, i64 c0, i64 C, const typenam
 // coefficients of those columns. Each vector costs one load, not four (the element lambda of
 // cl_periodic_write loads M, S and B beside x): BN eval NHWC (1,64,28,28) hot in L2 13.8 us vs
 // NCHW 8.2 us before.
-template <int Act, int G, class T>
+template <int Act, int G, bool Stream = false, class T>
 NORMCPP_ALWAYS_INLINE inline void cl_group_rows(const T* x, T* y, i64 nrows, i64 P,
                                                 const typename VT<T>::A* M,
                                                 const typename VT<T>::A* S,
@@ -1408,8 +1419,13 @@ NORMCPP_ALWAYS_INLINE inline void cl_group_rows(const T* x, T* y, i64 nrows, i64
     const T* xr = x + r * P;
     T* yr = y + r * P;
 #pragma GCC unroll 4
-    for (int g = 0; g < G; ++g)
-      Tr::store(yr + g * W, activate<Act>((Tr::load(xr + g * W) - m[g]) * s[g] + b[g]));
+    for (int g = 0; g < G; ++g) {
+      const V v = activate<Act>((Tr::load(xr + g * W) - m[g]) * s[g] + b[g]);
+      if constexpr (Stream)
+        stream_store(yr + g * W, v);
+      else
+        Tr::store(yr + g * W, v);
+    }
   }
 }
 
@@ -1550,7 +1566,30 @@ NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, i64 ld,
       cl_periodic_write(y, rows * C, P, false, pre, one, ActRows<Act>{});
       return;
     }
-    cl_periodic_write(y, rows * C, P, st, vec, one);
+    // Streamed periods of up to 4 vectors: their coefficients held in registers, as in the
+    // plain path.
+    const auto stream_rows = [&](i64 h, i64 nrows) NORMCPP_ALWAYS_INLINE {
+      if constexpr (kCanStream<T>) {
+        switch (P / Tr::W) {
+          case 1:
+            cl_group_rows<Act, 1, true>(x + h, y + h, nrows, P, Mp + h, Sp + h, Bp + h);
+            return true;
+          case 2:
+            cl_group_rows<Act, 2, true>(x + h, y + h, nrows, P, Mp + h, Sp + h, Bp + h);
+            return true;
+          case 3:
+            cl_group_rows<Act, 3, true>(x + h, y + h, nrows, P, Mp + h, Sp + h, Bp + h);
+            return true;
+          case 4:
+            cl_group_rows<Act, 4, true>(x + h, y + h, nrows, P, Mp + h, Sp + h, Bp + h);
+            return true;
+          default:
+            break;
+        }
+      }
+      return false;
+    };
+    cl_periodic_write(y, rows * C, P, st, vec, one, PlainRows{}, stream_rows);
     return;
   }
   // Wide channel counts, strips: row by row. (Rows four at a time, each vector of
