@@ -2502,6 +2502,42 @@ void bwd_rows(const T* x, const T* dy, T* dx, i64 rows, i64 ahead, i64 L, i64 ti
                             G, B, stream);
 }
 
+// bwd_cl's period rows (P = G * W) with the coefficients held in registers, as cl_group_rows
+// for the forward: the same expression as bwd_cl's vec, so the same values. At most
+// kBwdRegVecs vectors a period (4 coefficient vectors each, beside x and dy).
+constexpr int kBwdRegVecs = NORMCPP_VBYTES >= 64 ? 4 : 2;
+template <int G, bool Stream, class T>
+NORMCPP_ALWAYS_INLINE inline void cl_bwd_group_rows(const T* x, const T* dy, T* dx, i64 nrows,
+                                                    i64 P, const typename VT<T>::A* M,
+                                                    const typename VT<T>::A* Av,
+                                                    const typename VT<T>::A* Bv,
+                                                    const typename VT<T>::A* Cv) {
+  using Tr = VT<T>;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr i64 W = Tr::W;
+  V m[G], a[G], b[G], c[G];
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g) {
+    m[g] = VT<A>::load(M + g * W);
+    a[g] = VT<A>::load(Av + g * W);
+    b[g] = VT<A>::load(Bv + g * W);
+    c[g] = VT<A>::load(Cv + g * W);
+  }
+  for (i64 r = 0; r < nrows; ++r) {
+    const i64 o = r * P;
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) {
+      const V v = ((Tr::load(x + o + g * W) - m[g]) * b[g] + c[g]) +
+                  Tr::load(dy + o + g * W) * a[g];
+      if constexpr (Stream)
+        stream_store(dx + o + g * W, v);
+      else
+        Tr::store(dx + o + g * W, v);
+    }
+  }
+}
+
 template <class T>
 void bwd_cl(const T* x, const T* dy, T* dx, i64 rows, i64 C, const typename VT<T>::A* M,
             const typename VT<T>::A* Av, const typename VT<T>::A* Bv,
@@ -2532,7 +2568,46 @@ void bwd_cl(const T* x, const T* dy, T* dx, i64 rows, i64 C, const typename VT<T
     Ap = scratch + E;
     Bp = scratch + 2 * E;
     Cp = scratch + 3 * E;
-    cl_periodic_write(dx, rows * C, P, stream, vec, one);
+    // Periods of up to kBwdRegVecs vectors: whole period rows with the coefficients in
+    // registers (from h, the first line boundary, where streamed), the rest as before.
+    const auto group = [&](auto st, i64 h, i64 nrows) NORMCPP_ALWAYS_INLINE {
+      constexpr bool S = decltype(st)::value;
+      const auto g = [&](auto G) NORMCPP_ALWAYS_INLINE {
+        cl_bwd_group_rows<decltype(G)::value, S>(x + h, dy + h, dx + h, nrows, P, Mp + h,
+                                                 Ap + h, Bp + h, Cp + h);
+        return true;
+      };
+      if constexpr (S && !kCanStream<T>) {
+        return false;
+      } else {
+        switch (P / Tr::W) {
+          case 1:
+            return g(std::integral_constant<int, 1>{});
+          case 2:
+            return g(std::integral_constant<int, 2>{});
+          case 3:
+            if constexpr (kBwdRegVecs >= 3) return g(std::integral_constant<int, 3>{});
+            return false;
+          case 4:
+            if constexpr (kBwdRegVecs >= 4) return g(std::integral_constant<int, 4>{});
+            return false;
+          default:
+            return false;
+        }
+      }
+    };
+    const i64 n = rows * C;
+    if (!stream && group(std::false_type{}, 0, n / P)) {
+      const i64 i0 = n / P * P;
+      write_row(
+          dx + i0, n - i0, false, [&](i64 o) NORMCPP_ALWAYS_INLINE { return vec(i0 + o, o); },
+          [&](i64 o) { return one(i0 + o, o); });
+      return;
+    }
+    cl_periodic_write(dx, n, P, stream, vec, one, PlainRows{},
+                      [&](i64 h, i64 nrows) NORMCPP_ALWAYS_INLINE {
+                        return group(std::true_type{}, h, nrows);
+                      });
     return;
   }
   for (i64 i0 = 0; i0 < rows * C; i0 += C)  // wide channel counts: row by row
