@@ -890,7 +890,18 @@ void cl_moments(const T* x, i64 rows, i64 C, i64 ld, typename VT<T>::A* scratch,
     bool one_pass = false;
     if (m >= 12) {
       const T* rows_m[32];
-      for (i64 i = 0; i < m; ++i) rows_m[i] = blk + ((2 * i + 1) * nr / (2 * m)) * ld;
+      // rows (2i + 1) nr / 2m, i < m: the quotient and remainder stepped by 2 nr (no division
+      // a row)
+      const i64 step_q = 2 * nr / (2 * m), step_r = 2 * nr % (2 * m);
+      for (i64 i = 0, q = nr / (2 * m), r = nr % (2 * m); i < m; ++i) {
+        rows_m[i] = blk + q * ld;
+        q += step_q;
+        r += step_r;
+        if (r >= 2 * m) {
+          ++q;
+          r -= 2 * m;
+        }
+      }
       const i64 cv = C / Tr::W * Tr::W;  // (vectors: float16 converts 8 at a time, not one)
       for (i64 c = 0; c < cv; c += Tr::W) {
         typename Tr::V k{};
