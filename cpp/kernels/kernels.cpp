@@ -1432,6 +1432,38 @@ void apply_runs(const T* x, T* y, i64 nruns, i64 L, i64 c0, i64 C, const typenam
   });
 }
 
+// f(std::integral_constant<int, G>{}) for G = n in [1, Max] (Max <= 4), returning true; false
+// for any other n: the periods whose coefficient vectors the kernels below hold in registers.
+template <int Max, class F>
+NORMCPP_ALWAYS_INLINE inline bool with_vecs(i64 n, F&& f) {
+  static_assert(Max >= 1 && Max <= 4, "one to four vectors");
+  switch (n) {
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      return true;
+    case 2:
+      if constexpr (Max >= 2) {
+        f(std::integral_constant<int, 2>{});
+        return true;
+      }
+      return false;
+    case 3:
+      if constexpr (Max >= 3) {
+        f(std::integral_constant<int, 3>{});
+        return true;
+      }
+      return false;
+    case 4:
+      if constexpr (Max >= 4) {
+        f(std::integral_constant<int, 4>{});
+        return true;
+      }
+      return false;
+    default:
+      return false;
+  }
+}
+
 // Plain-stored channels-last apply with the period's coefficients held in registers: G
 // vectors of columns (G * W <= P) of `nrows` period rows at x, y (row stride P), M, S, B the
 // coefficients of those columns. Each vector costs one load, not four (the element lambda of
@@ -1522,18 +1554,12 @@ NORMCPP_ALWAYS_INLINE inline void cl_tiled_write(const T* x, T* y, i64 n, i64 P,
                                                  VecF& vec, OneF& one) {
   constexpr i64 W = VT<T>::W;
   const i64 nrows = n / P, G = P / W;
-  const auto group = [&](i64 g0, i64 gs, i64 r0, i64 nr) {
+  const auto group = [&](i64 g0, i64 gs, i64 r0, i64 nr) {  // gs in [1, 4]
     const i64 off = r0 * P + g0 * W;
-    switch (gs) {
-      case 1:
-        return cl_group_rows<Act, 1>(x + off, y + off, nr, P, M + g0 * W, S + g0 * W, B + g0 * W);
-      case 2:
-        return cl_group_rows<Act, 2>(x + off, y + off, nr, P, M + g0 * W, S + g0 * W, B + g0 * W);
-      case 3:
-        return cl_group_rows<Act, 3>(x + off, y + off, nr, P, M + g0 * W, S + g0 * W, B + g0 * W);
-      default:
-        return cl_group_rows<Act, 4>(x + off, y + off, nr, P, M + g0 * W, S + g0 * W, B + g0 * W);
-    }
+    with_vecs<4>(gs, [&](auto G) NORMCPP_ALWAYS_INLINE {
+      cl_group_rows<Act, decltype(G)::value>(x + off, y + off, nr, P, M + g0 * W, S + g0 * W,
+                                             B + g0 * W);
+    });
   };
   if (G <= 4) {
     group(0, G, 0, nrows);
@@ -1607,24 +1633,11 @@ NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, i64 ld,
     // Streamed periods of up to 4 vectors: their coefficients held in registers, as in the
     // plain path.
     const auto stream_rows = [&](i64 h, i64 nrows) NORMCPP_ALWAYS_INLINE {
-      if constexpr (kCanStream<T>) {
-        switch (P / Tr::W) {
-          case 1:
-            cl_group_rows<Act, 1, true>(x + h, y + h, nrows, P, Mp + h, Sp + h, Bp + h);
-            return true;
-          case 2:
-            cl_group_rows<Act, 2, true>(x + h, y + h, nrows, P, Mp + h, Sp + h, Bp + h);
-            return true;
-          case 3:
-            cl_group_rows<Act, 3, true>(x + h, y + h, nrows, P, Mp + h, Sp + h, Bp + h);
-            return true;
-          case 4:
-            cl_group_rows<Act, 4, true>(x + h, y + h, nrows, P, Mp + h, Sp + h, Bp + h);
-            return true;
-          default:
-            break;
-        }
-      }
+      if constexpr (kCanStream<T>)
+        return with_vecs<4>(P / Tr::W, [&](auto G) NORMCPP_ALWAYS_INLINE {
+          cl_group_rows<Act, decltype(G)::value, true>(x + h, y + h, nrows, P, Mp + h, Sp + h,
+                                                       Bp + h);
+        });
       return false;
     };
     cl_periodic_write(y, rows * C, P, st, vec, one, PlainRows{}, stream_rows);
@@ -2610,32 +2623,16 @@ void bwd_cl(const T* x, const T* dy, T* dx, i64 rows, i64 C, const typename VT<T
     // registers (from h, the first line boundary, where streamed), the rest as before.
     const auto group = [&](auto st, i64 h, i64 nrows) NORMCPP_ALWAYS_INLINE {
       constexpr bool S = decltype(st)::value;
-      const auto g = [&](auto G) NORMCPP_ALWAYS_INLINE {
-        cl_bwd_group_rows<decltype(G)::value, S>(x + h, dy + h, dx + h, nrows, P, Mp + h,
-                                                 Ap + h, Bp + h, Cp + h);
-        return true;
-      };
-      if constexpr (S && !kCanStream<T>) {
+      if constexpr (S && !kCanStream<T>)
         return false;
-      } else {
-        switch (P / Tr::W) {
-          case 1:
-            return g(std::integral_constant<int, 1>{});
-          case 2:
-            return g(std::integral_constant<int, 2>{});
-          case 3:
-            if constexpr (kBwdRegVecs >= 3) return g(std::integral_constant<int, 3>{});
-            return false;
-          case 4:
-            if constexpr (kBwdRegVecs >= 4) return g(std::integral_constant<int, 4>{});
-            return false;
-          default:
-            return false;
-        }
-      }
+      else
+        return with_vecs<kBwdRegVecs>(P / Tr::W, [&](auto G) NORMCPP_ALWAYS_INLINE {
+          cl_bwd_group_rows<decltype(G)::value, S>(x + h, dy + h, dx + h, nrows, P, Mp + h,
+                                                   Ap + h, Bp + h, Cp + h);
+        });
     };
     const i64 n = rows * C;
-    if (!stream && group(std::false_type{}, 0, n / P)) {
+    if ((!stream || !kCanStream<T>) && group(std::false_type{}, 0, n / P)) {
       const i64 i0 = n / P * P;
       write_row(
           dx + i0, n - i0, false, [&](i64 o) NORMCPP_ALWAYS_INLINE { return vec(i0 + o, o); },
