@@ -88,12 +88,15 @@ class Op:
 
 
 OPS = [
-    # (3, 96, 3, 3): channels-last rows of >= 64 elements take the row-block reductions
+    # (3, 96, 3, 3): channels-last rows of >= 64 elements take the row-block reductions;
+    # C = 8, 16, 32, 48, 64: channel periods of one to four vectors (dx with the coefficients
+    # in registers, sums over four-vector patterns)
     Op("batch_train", "batch_train",
-       [(4, 3), (3, 3, 5), (2, 3, 2, 3), (2, 2, 2, 2, 3), (3, 96, 3, 3)], True),
+       [(4, 3), (3, 3, 5), (2, 3, 2, 3), (2, 2, 2, 2, 3), (3, 96, 3, 3), (2, 16, 3, 5),
+        (2, 64, 2, 3), (2, 8, 4, 4)], True),
     Op("batch_eval", "batch_eval", [(4, 3), (3, 5, 4), (2, 3, 2, 3)], True),
-    Op("instance", "instance", [(2, 3, 5), (2, 3, 2, 3), (2, 96, 3, 3)], True),
-    Op("group", "group", [(2, 6, 4), (3, 3, 2, 2), (2, 96, 3, 3)], True),
+    Op("instance", "instance", [(2, 3, 5), (2, 3, 2, 3), (2, 96, 3, 3), (2, 32, 3, 3)], True),
+    Op("group", "group", [(2, 6, 4), (3, 3, 2, 2), (2, 96, 3, 3), (2, 48, 2, 3)], True),
     Op("layer", "layer", [(3, 7), (2, 3, 4, 5)], False, k=1),
     Op("layer2d", "layer", [(3, 4, 5)], False, k=2),
     Op("rms", "rms", [(3, 7), (2, 3, 6)], False, has_bias=False, k=1),

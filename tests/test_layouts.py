@@ -13,8 +13,10 @@ import reference as ref
 from conftest import LAYOUTS, is_channels_last, to_layout
 
 DTYPES = [np.float16, np.float32, np.float64]
+# (C = 8, 16, 32: channel periods of one or two vectors, reduced as four-vector patterns;
+# 120-256 rows a sample: the sampled shift of the channels-last statistics)
 SHAPES = [(4, 7), (2, 3, 33), (3, 17, 5), (2, 5, 4, 7), (2, 33, 2, 3), (1, 3, 16, 16),
-          (2, 3, 2, 3, 5), (2, 1, 3, 1, 9)]
+          (2, 3, 2, 3, 5), (2, 1, 3, 1, 9), (2, 16, 10, 12), (1, 8, 16, 16), (2, 32, 3, 5)]
 NC_OPS = ["batch_norm_train", "batch_norm_eval", "instance_norm", "instance_norm_eval",
           "group_norm"]
 ROW_OPS = ["layer_norm", "rms_norm"]

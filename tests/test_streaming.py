@@ -127,6 +127,10 @@ CHANNELS_LAST = [
     ("batch_norm eval C=5 relu", (3, 6, 5, 5), lambda x, out: nc.batch_norm(
         x, _p(5, -1, 1), _p(5, 0.5, 2), out=out, activation="relu")),
     ("instance_norm C=24", (2, 4, 5, 24), lambda x, out: nc.instance_norm(x, out=out)),
+    # periods of one and two vectors (streamed with the coefficients in registers)
+    ("batch_norm eval C=16", (2, 6, 7, 16), lambda x, out: nc.batch_norm(
+        x, _p(16, -1, 1), _p(16, 0.5, 2), out=out)),
+    ("instance_norm C=32", (2, 5, 3, 32), lambda x, out: nc.instance_norm(x, out=out)),
     ("group_norm C=64 gelu", (1, 3, 3, 64), lambda x, out: nc.group_norm(
         x, 8, _p(64, 0.5, 1.5), _p(64, -1, 1), out=out, activation="gelu")),
     ("group_norm C=6", (2, 7, 9, 6), lambda x, out: nc.group_norm(x, 3, out=out)),
@@ -183,6 +187,10 @@ BACKWARD_CL = [
         dy, x, 3, np.linspace(0.5, 1.5, 6), *nc.group_norm_forward(x, 3)[1:])),
     ("batch_norm channels-last C=1030", (2, 3, 1, 1030), BACKWARD[0][2]),
     ("batch_norm channels-last C=96", (2, 3, 5, 96), BACKWARD[0][2]),
+    # periods of one, two and four vectors: dx with the coefficients in registers
+    ("batch_norm channels-last C=16", (2, 9, 7, 16), BACKWARD[0][2]),
+    ("instance_norm channels-last C=32", (2, 5, 5, 32), BACKWARD[1][2]),
+    ("batch_norm channels-last C=64", (2, 3, 5, 64), BACKWARD[0][2]),
 ]
 
 
