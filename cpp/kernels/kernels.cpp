@@ -1432,35 +1432,18 @@ void apply_runs(const T* x, T* y, i64 nruns, i64 L, i64 c0, i64 C, const typenam
   });
 }
 
-// f(std::integral_constant<int, G>{}) for G = n in [1, Max] (Max <= 4), returning true; false
-// for any other n: the periods whose coefficient vectors the kernels below hold in registers.
+// f(std::integral_constant<int, G>{}) for G = n in [1, Max], returning true; false for any
+// other n: the periods whose coefficient vectors the kernels below hold in registers.
 template <int Max, class F>
 NORMCPP_ALWAYS_INLINE inline bool with_vecs(i64 n, F&& f) {
-  static_assert(Max >= 1 && Max <= 4, "one to four vectors");
-  switch (n) {
-    case 1:
-      f(std::integral_constant<int, 1>{});
+  if constexpr (Max < 1) {
+    return false;
+  } else {
+    if (n == Max) {
+      f(std::integral_constant<int, Max>{});
       return true;
-    case 2:
-      if constexpr (Max >= 2) {
-        f(std::integral_constant<int, 2>{});
-        return true;
-      }
-      return false;
-    case 3:
-      if constexpr (Max >= 3) {
-        f(std::integral_constant<int, 3>{});
-        return true;
-      }
-      return false;
-    case 4:
-      if constexpr (Max >= 4) {
-        f(std::integral_constant<int, 4>{});
-        return true;
-      }
-      return false;
-    default:
-      return false;
+    }
+    return with_vecs<Max - 1>(n, f);
   }
 }
 
