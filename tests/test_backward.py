@@ -251,6 +251,32 @@ def test_backward_threads_bitwise(op, shape, rng, restore_threads):
                 np.testing.assert_array_equal(a, c)
 
 
+@pytest.mark.parametrize("op", [o for o in OPS if o.id in ("instance", "group")],
+                         ids=lambda o: o.id)
+def test_backward_channels_last_samples_threads(op, rng, restore_threads):
+    """Channels-last samples of several chunks (> 112K elements each), 4 of them: at 2 and 4
+    threads each thread takes whole samples, at 3 rounds of chunks -- the same bits, and
+    float64's values."""
+    shape = (4, 18, 90, 80)
+    x = (rng.standard_normal(shape) * 1.5 + 0.7).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, shape[1]).astype(np.float32)
+    b = rng.standard_normal(shape[1]).astype(np.float32)
+    xl, gl = conftest.to_layout(x, "channels_last"), conftest.to_layout(g, "channels_last")
+    results = []
+    for threads in (1, 2, 3, 4):
+        restore_threads(threads)
+        results.append(op.backward(gl, xl, w, b))
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            np.testing.assert_array_equal(a, c)
+    up = (lambda a: a.astype(np.float64))
+    expected = op.backward(up(g), up(x), up(w), up(b))
+    for e, a in zip(expected, results[0]):
+        scale = max(1.0, float(np.abs(e).max()))
+        np.testing.assert_allclose(np.asarray(a, np.float64), e, rtol=1e-4, atol=1e-4 * scale)
+
+
 # --------------------------------------------------------------------------------------------
 # PyTorch autograd
 

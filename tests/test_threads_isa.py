@@ -97,6 +97,10 @@ THREAD_CASES = [
     ("group_norm", (4, 32, 64, 64), np.float32, "contiguous"),
     ("group_norm", (1, 1, 2**21), np.float32, "contiguous"),
     ("group_norm", (4, 32, 32, 32), np.float64, "channels_last"),
+    # samples of several chunks (> 112K elements), as many as 2 threads split evenly: each
+    # thread takes its samples whole (3 threads: rounds of chunks)
+    ("group_norm", (4, 16, 96, 96), np.float16, "channels_last"),
+    ("instance_norm", (2, 24, 80, 80), np.float32, "channels_last"),
     ("layer_norm", (1, 2**21), np.float32, "contiguous"),
     ("layer_norm", (4096, 512), np.float32, "contiguous"),
     ("layer_norm", (3, 2**20 + 3), np.float16, "contiguous"),
