@@ -1247,11 +1247,27 @@ NORMCPP_ALWAYS_INLINE inline vfloat vexp(vfloat x) {
   return a[0];
 }
 
+// 1 / d for gelu's erfc fit: at AVX-512 the 14-bit reciprocal estimate and one Newton step
+// (relative error about 2^-24 and a rounding, next to the fit's 1.2e-7), two multiply-adds on
+// the FMA ports instead of a division, whose unit takes a vector every ~8-10 cycles: 2-vCPU
+// Xeon, LayerNorm+gelu (8,512,768) 1 thread, min us, alternated: 3268-3411 -> 2837-3004.
+// d = inf (v = +-inf) gives NaN where the division gave 0; gelu's ends then come out as they
+// did (see activate_n). Elsewhere the division. (silu's v / (1 + e) keeps its division: 3%
+// there, and its e overflows to inf at v <= -88.7.)
+NORMCPP_ALWAYS_INLINE inline vfloat recip(vfloat d) {
+#if defined(__AVX512F__)
+  const vfloat r = reinterpret_cast<vfloat>(_mm512_rcp14_ps(reinterpret_cast<__m512>(d)));
+  return r + r * (1.0f - d * r);
+#else
+  return 1.0f / d;
+#endif
+}
+
 // erfc(z[j]) / 2 for z[j] >= 0, in place.
 template <int N>
 NORMCPP_ALWAYS_INLINE inline void half_erfc_pos_n(vfloat (&z)[N]) {
   vfloat t[N], t2[N], t4[N], p[N], e[N];
-  NORMCPP_EACH(N, t[j] = 1.0f / (1.0f + 0.5f * z[j]))
+  NORMCPP_EACH(N, t[j] = recip(1.0f + 0.5f * z[j]))
   // The degree-9 fit sum c_i t^i by Estrin's scheme (depth 4 instead of 9; see vexp_n).
   NORMCPP_EACH(N, t2[j] = t[j] * t[j])
   NORMCPP_EACH(N, t4[j] = t2[j] * t2[j])
