@@ -229,16 +229,8 @@ def test_backward_low_precision(op, shape, layout, dtype, rng):
                                        atol=atol * scale)
 
 
-@pytest.mark.parametrize("op", OPS, ids=lambda o: o.id)
-@pytest.mark.parametrize("shape", [(64, 6, 33, 17), (3000, 6, 1, 16)], ids=["big", "many-rows"])
-def test_backward_threads_bitwise(op, shape, rng, restore_threads):
-    """The backward reductions have a fixed order: results do not depend on the threads
-    (many rows: the row ops' column sums come from several row chunks)."""
-    x = rng.standard_normal(shape).astype(np.float32)
-    g = rng.standard_normal(x.shape).astype(np.float32)
-    pshape = op.param_shape(shape)
-    w = rng.uniform(0.5, 1.5, pshape).astype(np.float32)
-    b = rng.standard_normal(pshape).astype(np.float32) if op.bias_ok else None
+def _backward_same_for_threads(op, g, x, w, b, restore_threads):
+    """op.backward at 1, 2, 3 and 4 threads, asserted bitwise equal; the 1-thread grads."""
     results = []
     for threads in (1, 2, 3, 4):
         restore_threads(threads)
@@ -249,6 +241,20 @@ def test_backward_threads_bitwise(op, shape, rng, restore_threads):
                 assert c is None
             else:
                 np.testing.assert_array_equal(a, c)
+    return results[0]
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda o: o.id)
+@pytest.mark.parametrize("shape", [(64, 6, 33, 17), (3000, 6, 1, 16)], ids=["big", "many-rows"])
+def test_backward_threads_bitwise(op, shape, rng, restore_threads):
+    """The backward reductions have a fixed order: results do not depend on the threads
+    (many rows: the row ops' column sums come from several row chunks)."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    pshape = op.param_shape(shape)
+    w = rng.uniform(0.5, 1.5, pshape).astype(np.float32)
+    b = rng.standard_normal(pshape).astype(np.float32) if op.bias_ok else None
+    _backward_same_for_threads(op, g, x, w, b, restore_threads)
 
 
 @pytest.mark.parametrize("op", [o for o in OPS if o.id in ("instance", "group")],
@@ -263,16 +269,10 @@ def test_backward_channels_last_samples_threads(op, rng, restore_threads):
     w = rng.uniform(0.5, 1.5, shape[1]).astype(np.float32)
     b = rng.standard_normal(shape[1]).astype(np.float32)
     xl, gl = conftest.to_layout(x, "channels_last"), conftest.to_layout(g, "channels_last")
-    results = []
-    for threads in (1, 2, 3, 4):
-        restore_threads(threads)
-        results.append(op.backward(gl, xl, w, b))
-    for other in results[1:]:
-        for a, c in zip(results[0], other):
-            np.testing.assert_array_equal(a, c)
+    got = _backward_same_for_threads(op, gl, xl, w, b, restore_threads)
     up = (lambda a: a.astype(np.float64))
     expected = op.backward(up(g), up(x), up(w), up(b))
-    for e, a in zip(expected, results[0]):
+    for e, a in zip(expected, got):
         scale = max(1.0, float(np.abs(e).max()))
         np.testing.assert_allclose(np.asarray(a, np.float64), e, rtol=1e-4, atol=1e-4 * scale)
 

@@ -214,43 +214,38 @@ void cl_driver(const CLGeom& g, i64 scratch_elems, Reduce reduce, Merge merge, F
   std::unique_ptr<A[]> scratch(new A[static_cast<std::size_t>(scratch_elems * nt)]);
   auto scr = [&](int tid) { return scratch.get() + scratch_elems * tid; };
   const auto acc_n = static_cast<std::size_t>(2 * g.C);
-  if (P == 1) {
-    // uninitialized: each sample zeroes its thread's accumulators first
-    std::unique_ptr<double[]> acc(new double[Stats ? acc_n * static_cast<std::size_t>(nt) : 1]);
+  // Whole samples, each by one thread, where a sample is one chunk, or where samples of several
+  // chunks split evenly over the threads: the same chunks reduced and merged in the same order
+  // as by the rounds below (the same bits), but with no barrier between a sample's statistics
+  // and its normalization and no merge on one thread while the others wait -- what a round's
+  // threads did anyway, sample for sample, as the rounds give each thread one sample's
+  // chunks. 2-vCPU Xeon, 2 threads, min us, rounds vs this: GroupNorm NHWC (32,64,56,56)
+  // float16 1112-1225 vs 1076-1113, float32 1311-1369 vs 1251-1397 (medians 1545-1633 vs
+  // 1414-1489); InstanceNorm (8,256,28,28) 466-477 vs 435-455; InstanceNorm backward
+  // (8,256,28,28) 687-712 vs 619-647.
+  if (P == 1 || (Stats && nt > 1 && g.samples % nt == 0)) {
+    // uninitialized: each sample zeroes its thread's accumulators (and chunk's) first
+    const std::size_t per = P == 1 ? acc_n : 2 * acc_n;
+    std::unique_ptr<double[]> acc(new double[Stats ? per * static_cast<std::size_t>(nt) : 1]);
     parallel_for(g.samples, nt, [&](i64 s, int tid) {
       if constexpr (Stats) {
-        double* a = acc.get() + acc_n * static_cast<std::size_t>(tid);
+        double* a = acc.get() + per * static_cast<std::size_t>(tid);
         for (std::size_t i = 0; i < acc_n; ++i) a[i] = 0.0;
         double n = 0.0;
-        reduce(s, i64{0}, g.rows, scr(tid), a, &n);
+        if (P == 1) {
+          reduce(s, i64{0}, g.rows, scr(tid), a, &n);
+        } else {
+          double* pc = a + acc_n;
+          for (i64 j = 0; j < P; ++j) {
+            for (std::size_t i = 0; i < acc_n; ++i) pc[i] = 0.0;
+            double pn = 0.0;
+            reduce(s, chunk_start(g.rows, P, j), chunk_start(g.rows, P, j + 1), scr(tid), pc,
+                   &pn);
+            merge(a, &n, static_cast<const double*>(pc), pn);
+          }
+        }
         finish(s, static_cast<const double*>(a), n);
       }
-      apply(s, i64{0}, g.rows, scr(tid));
-    });
-    return;
-  }
-  if (Stats && nt > 1 && g.samples % nt == 0) {
-    // Samples enough for every thread alike: each thread takes its own whole, the same chunks
-    // reduced and merged in the same order as by the rounds below (the same bits), but with no
-    // barrier between a sample's statistics and its normalization and no merge on one thread
-    // while the others wait -- what a round's threads did anyway, sample for sample, as the
-    // rounds give each thread one sample's chunks. 2-vCPU Xeon, 2 threads, min us, rounds vs
-    // this: GroupNorm NHWC (32,64,56,56) float16 1112-1225 vs 1076-1113, float32 1311-1369 vs
-    // 1251-1397 (medians 1545-1633 vs 1414-1489); InstanceNorm (8,256,28,28) 466-477 vs
-    // 435-455; InstanceNorm backward (8,256,28,28) 687-712 vs 619-647.
-    std::unique_ptr<double[]> part(new double[acc_n * static_cast<std::size_t>(2 * nt)]);
-    parallel_for(g.samples, nt, [&](i64 s, int tid) {
-      double* acc = part.get() + acc_n * static_cast<std::size_t>(2 * tid);
-      double* pc = acc + acc_n;
-      for (std::size_t i = 0; i < acc_n; ++i) acc[i] = 0.0;
-      double n = 0.0;
-      for (i64 j = 0; j < P; ++j) {
-        for (std::size_t i = 0; i < acc_n; ++i) pc[i] = 0.0;
-        double pn = 0.0;
-        reduce(s, chunk_start(g.rows, P, j), chunk_start(g.rows, P, j + 1), scr(tid), pc, &pn);
-        merge(acc, &n, static_cast<const double*>(pc), pn);
-      }
-      finish(s, static_cast<const double*>(acc), n);
       for (i64 j = 0; j < P; ++j)
         apply(s, chunk_start(g.rows, P, j), chunk_start(g.rows, P, j + 1), scr(tid));
     });
