@@ -1718,6 +1718,18 @@ constexpr i64 kAheadBytes = 8 * 1024;
 constexpr i64 kRowsAhead = 3;
 constexpr i64 kRowPrefetchBytes = 16 * 1024;
 
+// Rows longer than kAheadBytes with a weight or bias are normalized in groups of up to
+// kApplyGroupRows rows (kApplyGroupBytes at most, so a group stays in L2): the group's moments,
+// then its normalization kApplyChunk elements at a time across the group's rows. Row by row, a
+// row of 16 KB with its weight and bias (48 KB) and output does not fit L1, and every vector of
+// the normalization waits on the weight and bias from L2; in chunks, each chunk of them is read
+// from L2 once per group. The same arithmetic on every element (bitwise the same). 1 thread,
+// float32, median us, interleaved: LayerNorm (128,4096) 241-290 -> 221-265, (1024,4096)
+// 1850-2192 -> 1727-2051, (16,4096) 18.2-24.7 -> 17.1-23.7; float16 and (32,8192) unchanged.
+constexpr i64 kApplyGroupRows = 4;
+constexpr i64 kApplyGroupBytes = 128 * 1024;
+constexpr i64 kApplyChunk = 1024;  // elements: a multiple of every vector width and line
+
 // LayerNorm/RMSNorm rows normalized whole, one after another (TypedKernels::norm_rows): per
 // row its moments, the coefficients in double, then apply_row_impl, with no call through the
 // kernel table per row (LayerNorm (512,384) L2-resident, 1 thread, min: 48 -> 41 us; from
@@ -1752,6 +1764,28 @@ NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
   };
   const bool ahead = bytes <= kAheadBytes;
   const i64 pf = ahead ? kRowsAhead : bytes <= kRowPrefetchBytes ? 1 : 0;  // rows ahead
+  if ((HasW || HasB) && !ahead) {
+    // Long rows with a weight or bias: kApplyGroupRows rows' moments, then their
+    // normalization chunk by chunk, each chunk of the weight and bias read from L1 by every
+    // row of the group (see kApplyGroupRows).
+    const i64 G = std::max<i64>(1, std::min(kApplyGroupRows, kApplyGroupBytes / bytes));
+    A inv[kApplyGroupRows];
+    for (i64 r0 = 0; r0 < rows; r0 += G) {
+      const i64 g = std::min(G, rows - r0);
+      for (i64 r = r0; r < r0 + g; ++r) {
+        moments(r);
+        inv[r - r0] = static_cast<A>(inv_std(var[r], eps));
+      }
+      for (i64 j = 0; j < L; j += kApplyChunk) {
+        const i64 k = std::min(kApplyChunk, L - j);
+        for (i64 r = r0; r < r0 + g; ++r)
+          apply_row_impl<Act, T, HasW, HasB>(x + r * L + j, y + r * L + j, k,
+                                             static_cast<A>(mean[r]), inv[r - r0],
+                                             HasW ? Wt + j : Wt, HasB ? Bs + j : Bs, stream);
+      }
+    }
+    return;
+  }
   if (rows > 0 && ahead) moments(0);
   for (i64 r = 0; r < rows; ++r) {
     const T* xr = x + r * L;
