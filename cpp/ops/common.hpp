@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <sstream>
 #include <stdexcept>
@@ -93,10 +94,17 @@ inline void check_running(const RunningUpdate& r, i64 C) {
   check_param(r.var.as_const(), "running_var", C, "channel");
 }
 
-// An optional parameter as a vector of n values (dflt where absent).
-// Copies p[0..n) into out (converting), one typed loop per storage type.
+// Copies p[0..n) into out (converting), one typed loop per storage type; a contiguous one of
+// the same type by memcpy (this file is compiled at the baseline ISA level: LayerNorm's weight
+// and bias copied to a line by param_view, (16,4096) float32, were 4.5% of the call).
 template <class S, class A>
 void convert_param(const S* src, i64 stride, i64 n, A* out) {
+  if constexpr (std::is_same<S, A>::value) {
+    if (stride == 1) {
+      std::memcpy(out, src, static_cast<std::size_t>(n) * sizeof(A));
+      return;
+    }
+  }
   for (i64 i = 0; i < n; ++i) out[i] = static_cast<A>(src[i * stride]);
 }
 
@@ -109,6 +117,7 @@ void convert_param(const ParamRef& p, i64 n, A* out) {
     convert_param(static_cast<const float*>(p.data), p.stride, n, out);
 }
 
+// An optional parameter as a vector of n values (dflt where absent).
 template <class A>
 std::vector<A> param_vector(const ParamRef& p, i64 n, double dflt) {
   std::vector<A> v(static_cast<std::size_t>(n), static_cast<A>(dflt));
