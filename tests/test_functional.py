@@ -312,6 +312,29 @@ def test_rms_norm(shape, ns, dtype, pdtype, weighted, eps, rng):
     np.testing.assert_array_equal(x, x0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,ns", [((9, 2100), 2100), ((6, 2, 5000), (2, 5000))], ids=str)
+def test_norm_long_rows_each_own_statistics(shape, ns, dtype, rng, restore_threads):
+    """Rows over 8 KB with a weight or bias are normalized in groups of rows (up to 4 and
+    128 KB), 1024 elements at a time across the group: (9, 2100) is groups 4 + 4 + 1 with a
+    52-element last chunk, (6, 2, 5000) float32 groups of 3. Every row has its own scale and
+    offset, so a row normalized with another's statistics cannot pass."""
+    ns_t = _ns_tuple(ns)
+    rows = int(np.prod(shape[: len(shape) - len(ns_t)]))
+    scale = 2.0 ** np.arange(-4, rows - 4).reshape((-1,) + (1,) * len(shape[1:]))
+    x = (rng.standard_normal((rows,) + shape[1:]) * scale + 3 * scale).astype(dtype)
+    x = x.reshape(shape)
+    w = rng.uniform(0.5, 1.5, ns_t).astype(np.float32)
+    b = rng.standard_normal(ns_t).astype(np.float32)
+    for threads in (1, 2, 3):
+        nc.set_num_threads(threads)
+        for kw in ({"weight": w, "bias": b}, {"weight": w}, {"bias": b}):
+            y = nc.layer_norm(x, ns, eps=1e-5, **kw)
+            expected = ref.layer_norm(x, ns, kw.get("weight"), kw.get("bias"), eps=1e-5)
+            assert_close(y, expected, dtype)
+        assert_close(nc.rms_norm(x, ns, w), ref.rms_norm(x, ns, w), dtype)
+
+
 def test_rms_norm_default_eps_is_dtype_eps():
     """eps=None means np.finfo(input.dtype).eps: visible on a tiny row."""
     for dtype in DTYPES:

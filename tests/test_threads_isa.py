@@ -104,6 +104,7 @@ THREAD_CASES = [
     ("layer_norm", (1, 2**21), np.float32, "contiguous"),
     ("layer_norm", (4096, 512), np.float32, "contiguous"),
     ("layer_norm", (3, 2**20 + 3), np.float16, "contiguous"),
+    ("layer_norm", (37, 4100), np.float32, "contiguous"),  # groups of 4 rows, in chunks
     ("layer_norm", (2, 2**20), np.float64, "contiguous"),
     ("rms_norm", (1, 2**21), np.float32, "contiguous"),
     ("rms_norm", (8192, 257), np.float64, "contiguous"),

@@ -1718,16 +1718,13 @@ constexpr i64 kAheadBytes = 8 * 1024;
 constexpr i64 kRowsAhead = 3;
 constexpr i64 kRowPrefetchBytes = 16 * 1024;
 
-// Rows longer than kAheadBytes with a weight or bias are normalized in groups of up to
-// kApplyGroupRows rows (kApplyGroupBytes at most, so a group stays in L2): the group's moments,
-// then its normalization kApplyChunk elements at a time across the group's rows. Row by row, a
-// row of 16 KB with its weight and bias (48 KB) and output does not fit L1, and every vector of
-// the normalization waits on the weight and bias from L2; in chunks, each chunk of them is read
-// from L2 once per group. The same arithmetic on every element (bitwise the same). 1 thread,
-// float32, median us, interleaved: LayerNorm (128,4096) 241-290 -> 221-265, (1024,4096)
-// 1850-2192 -> 1727-2051, (16,4096) 18.2-24.7 -> 17.1-23.7; float16 and (32,8192) unchanged.
-constexpr i64 kApplyGroupRows = 4;
-constexpr i64 kApplyGroupBytes = 128 * 1024;
+// Long rows' normalization in groups (kernels.hpp's row_group), kApplyChunk elements at a time
+// across the group's rows. Row by row, a row of 16 KB with its weight and bias (48 KB) and its
+// output does not fit L1, and every vector of the normalization waits on the weight and bias
+// from L2. The same arithmetic on every element (bitwise the same). float32, min us, base vs
+// grouped interleaved in one process: 1 thread LayerNorm (128,4096) 243 -> 219, (1024,4096)
+// 1866 -> 1742, (128,8192) 459 -> 436, (64,16384) 490 -> 467, RMSNorm (128,4096) 219 -> 212;
+// 2 threads LayerNorm (128,4096) 110 -> 96, (1024,4096) 951 -> 885; float16 rows unchanged.
 constexpr i64 kApplyChunk = 1024;  // elements: a multiple of every vector width and line
 
 // LayerNorm/RMSNorm rows normalized whole, one after another (TypedKernels::norm_rows): per
@@ -1764,12 +1761,11 @@ NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
   };
   const bool ahead = bytes <= kAheadBytes;
   const i64 pf = ahead ? kRowsAhead : bytes <= kRowPrefetchBytes ? 1 : 0;  // rows ahead
+  static_assert(kAheadBytes == kRowGroupMinBytes, "rows normalized ahead are not grouped");
   if ((HasW || HasB) && !ahead) {
-    // Long rows with a weight or bias: kApplyGroupRows rows' moments, then their
-    // normalization chunk by chunk, each chunk of the weight and bias read from L1 by every
-    // row of the group (see kApplyGroupRows).
-    const i64 G = std::max<i64>(1, std::min(kApplyGroupRows, kApplyGroupBytes / bytes));
-    A inv[kApplyGroupRows];
+    // Long rows with a weight or bias: a group's moments, then its normalization in chunks.
+    const i64 G = row_group(bytes, true);
+    A inv[kRowGroupRows];
     for (i64 r0 = 0; r0 < rows; r0 += G) {
       const i64 g = std::min(G, rows - r0);
       for (i64 r = r0; r < r0 + g; ++r) {

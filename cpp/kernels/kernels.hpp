@@ -16,6 +16,20 @@ constexpr std::int64_t kBlock = 2048;
 // Largest channel period (lcm(C, lanes)) handled by the periodic channels-last kernels.
 constexpr std::int64_t kMaxPeriod = 1024;
 
+// norm_rows normalizes rows of more than kRowGroupMinBytes that have a weight or bias in groups
+// of row_group(row bytes) rows (up to kRowGroupRows, and kRowGroupBytes in all): the group's
+// moments, then its normalization chunk by chunk across its rows, so each chunk of the weight
+// and bias is read from L2 once per group. Its callers hand it whole groups where the threads
+// leave each enough rows.
+constexpr std::int64_t kRowGroupMinBytes = 8 * 1024;
+constexpr std::int64_t kRowGroupRows = 4;
+constexpr std::int64_t kRowGroupBytes = 128 * 1024;
+inline std::int64_t row_group(std::int64_t row_bytes, bool affine) {
+  if (!affine || row_bytes <= kRowGroupMinBytes) return 1;
+  const std::int64_t g = kRowGroupBytes / row_bytes;
+  return g < 1 ? 1 : g > kRowGroupRows ? kRowGroupRows : g;
+}
+
 // T: storage type; A: arithmetic type (float for float16/float32, double for float64).
 template <class T, class A>
 struct TypedKernels {

@@ -623,7 +623,12 @@ void row_norm_t(const void* xv, void* yv, i64 rows, i64 L, ParamRef weight, Para
     // Rows normalized whole, each by one thread: the kernel's row loop, blocks of ~8K
     // elements a work item (results depend only on the row).
     if (rows * L == 0) return;
-    const i64 per = std::max(kChunkElems / (4 * L), i64{1});
+    i64 per = std::max(kChunkElems / (4 * L), i64{1});
+    const i64 group = kernels::row_group(L * static_cast<i64>(sizeof(T)), W || B);
+    if (per < group) {  // whole groups of long rows (see norm_rows) where each thread gets rows
+      const i64 t = threads_for(rows * L, rows);
+      per = std::max(per, std::min(group, (rows + t - 1) / t));
+    }
     const i64 items = (rows + per - 1) / per;
     parallel_for(items, threads_for(rows * L, items), [&](i64 j, int) {
       const i64 r0 = j * per, r1 = std::min(rows, r0 + per);
