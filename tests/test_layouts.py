@@ -193,6 +193,70 @@ def test_no_allocation_proportional_to_input(op, layout):
     assert peak_out < 0.25 * x.nbytes
 
 
+def _off_line(shape, dtype, offset):
+    """An uninitialized C-contiguous array ``offset`` bytes past a 64-byte cache line."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(nbytes + 128, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _channel_op(op, x, out, act):
+    c = x.shape[1]
+    rng = np.random.default_rng(5)
+    w, b = rng.uniform(0.5, 2, c).astype(np.float32), rng.standard_normal(c)
+    rm, rv = rng.standard_normal(c).astype(np.float32), rng.uniform(0.5, 2, c)
+    if op == "batch_norm_eval":
+        y = nc.batch_norm(x, rm, rv, w, b, out=out, activation=act)
+        y_ref = ref.batch_norm(x, rm, rv, w, b)[0]
+    elif op == "instance_norm":
+        y = nc.instance_norm(x, None, None, w, b, out=out)
+        y_ref = ref.instance_norm(x, None, None, w, b)[0]
+    else:
+        y = nc.group_norm(x, 1, w, b, out=out, activation=act)
+        y_ref = ref.group_norm(x, 1, w, b)
+    return y, (np.maximum(y_ref, 0) if act == "relu" else y_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("c", [3, 16, 40, 64, 1024])
+@pytest.mark.parametrize("op,layout,act", [("batch_norm_eval", "channels_last", None),
+                                           ("batch_norm_eval", "2d", None),
+                                           ("batch_norm_eval", "2d", "relu"),
+                                           ("instance_norm", "channels_last", None),
+                                           ("group_norm", "channels_last", "relu")])
+def test_out_off_a_cache_line(op, layout, act, c, dtype):
+    """An out= that starts off a cache line (NumPy puts large arrays 16 or 48 bytes past one):
+    hot channels-last data is then written on out's lines, the channel pattern read from out's
+    first line boundary on and the elements before it stored last (in place: computed before
+    anything is written). The values must be bitwise those written to an out= on a line, at
+    every offset, in place too, and match the float64 reference."""
+    item = np.dtype(dtype).itemsize
+    shape = (3, c, 5, 7) if layout == "channels_last" else (37, c)
+    x = _input(shape, dtype, seed=c)
+    if layout == "channels_last":
+        x = to_layout(x, "channels_last")
+    nat = x.transpose(0, 2, 3, 1) if layout == "channels_last" else x  # memory order
+
+    def as_input(a):  # an array in memory order viewed as x is
+        return a.transpose(0, 3, 1, 2) if layout == "channels_last" else a
+
+    on_line = _off_line(nat.shape, dtype, 0)
+    y0, y_ref = _channel_op(op, x, as_input(on_line), act)
+    rtol, atol = ref.tolerance(dtype)
+    np.testing.assert_allclose(y0.astype(np.float64), y_ref, rtol=rtol, atol=atol)
+    for offset in sorted({item, 16, 48, 64 - item}):
+        out = _off_line(nat.shape, dtype, offset)
+        _channel_op(op, x, as_input(out), act)
+        np.testing.assert_array_equal(out.view(np.uint8), on_line.view(np.uint8),
+                                      err_msg=f"out= {offset} bytes past a line")
+        inplace = _off_line(nat.shape, dtype, offset)
+        inplace[...] = nat
+        _channel_op(op, as_input(inplace), as_input(inplace), act)
+        np.testing.assert_array_equal(inplace.view(np.uint8), on_line.view(np.uint8),
+                                      err_msg=f"in place {offset} bytes past a line")
+
+
 def _call_with_out(op, x, out):
     c = x.shape[1]
     w, b = np.ones(c, np.float32), np.zeros(c, np.float32)
