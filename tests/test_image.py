@@ -165,6 +165,38 @@ def test_normalize_out_and_in_place():
     np.testing.assert_array_equal(xf, want)
 
 
+@pytest.mark.parametrize("odt", [np.float32, np.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("c", [3, 4])
+def test_normalize_out_off_a_cache_line(c, odt, restore_threads):
+    """uint8 RGB/RGBA to planar into an out= off a cache line (NumPy puts large arrays 16 or
+    48 bytes past one): the pixels before out's first line boundary are written one by one,
+    the rest with vector stores on its lines. Bitwise the values written to an out= on a line,
+    at every offset and thread count, and within float32 rounding of the float64 reference."""
+    rng = np.random.default_rng(9)
+    x = _images(rng, (3, 21, 23, c), np.uint8)  # planes of 483 pixels: not whole lines
+    x2 = _images(rng, (2, 32, 16, c), np.uint8)  # planes of 512 pixels: whole lines
+    mean, std = _params(c)
+    item = np.dtype(odt).itemsize
+    for images in (x, x2):
+        shape = (images.shape[0], c) + images.shape[1:3]
+        nbytes = int(np.prod(shape)) * item
+        ref, mag = _ref_normalize(images, mean, std, 1 / 255)
+        ref, mag = ref.transpose(0, 3, 1, 2), mag.transpose(0, 3, 1, 2)
+        for threads in (1, 2):
+            nc.set_num_threads(threads)
+            outs = []
+            for offset in range(0, 64, item):
+                buf = np.empty(nbytes + 128, np.uint8)
+                start = (-buf.ctypes.data) % 64 + offset
+                out = buf[start:start + nbytes].view(odt).reshape(shape)
+                assert normalize(images, mean, std, out=out, dtype=odt) is out
+                outs.append(out)
+            _check(outs[0], ref, mag, odt)
+            for offset, out in zip(range(0, 64, item), outs):
+                np.testing.assert_array_equal(out.view(np.uint8), outs[0].view(np.uint8),
+                                              err_msg=f"out= {offset} bytes past a line")
+
+
 def test_normalize_strided_inputs():
     rng = np.random.default_rng(5)
     big = _images(rng, (6, 9, 8, 3), np.uint8)
