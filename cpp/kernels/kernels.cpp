@@ -520,11 +520,12 @@ inline i64 cl_stat_period(i64 C) {
   return p > 0 && p < 3 * W ? 4 * W / p * p : p;
 }
 
-// (The last term: apply_cl's patterns placed on lines, each rounded up to whole lines.)
+// (The last term: room for apply_cl's patterns placed on lines, see cl_tiled_write_on_lines.)
 template <class T>
 i64 cl_scratch_elems(i64 C) {
+  constexpr i64 kLineA = 64 / static_cast<i64>(sizeof(typename VT<T>::A));
   const i64 p = imax(imax(cl_period<T>(C), cl_stat_period<T>(C)), cl_stream_period<T>(C));
-  return 4 * imax(p, C) + 4 * kPeriodExt<T> + 8 * (64 / static_cast<i64>(sizeof(typename VT<T>::A)));
+  return 4 * imax(p, C) + 4 * kPeriodExt<T> + 8 * kLineA;
 }
 
 // Repeat v[0..C) over dst[0..P) (dst may be v itself).
