@@ -265,6 +265,14 @@ inline bool same_line_offset(const A* p, const T* y) {
          (reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(y)) % 64 == 0;
 }
 
+// Elements of T from p to the next 64-byte line boundary (0 on a line, or where p is not a
+// multiple of sizeof(T)).
+template <class T>
+inline i64 line_lead(const T* p) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  return addr % sizeof(T) != 0 ? 0 : static_cast<i64>((64 - addr % 64) % 64 / sizeof(T));
+}
+
 // y[0..n) of one elementwise row: vec(i) gives elements [i, i + W) as a vector, one(i) element
 // i. Plain: vectors up to nv = n - n % W, then one() for the rest; with `grid` (the caller's
 // vec takes any i, not only multiples of W), a row of at least 4 lines off a line is written
@@ -290,7 +298,7 @@ NORMCPP_ALWAYS_INLINE inline void write_row(T* y, i64 n, bool stream, VecF&& vec
     const i64 bytes = n * static_cast<i64>(sizeof(T));
     const bool lines = addr % 64 == 0 && bytes % 64 == 0;
     if (stream && nv >= 4 * kLine && addr % sizeof(T) == 0 && (lines || bytes >= kSeamRowBytes)) {
-      const i64 h = static_cast<i64>((64 - addr % 64) % 64 / sizeof(T));  // to the first line
+      const i64 h = line_lead(y);  // to the first line
       const i64 e = h + (nv - h) / kLine * kLine;                          // after the last
       const V first = vec(0), last = vec(nv - W);
       for (; i < h % W; ++i) y[i] = first[i];
@@ -304,7 +312,7 @@ NORMCPP_ALWAYS_INLINE inline void write_row(T* y, i64 n, bool stream, VecF&& vec
     }
   }
   const auto addr = reinterpret_cast<std::uintptr_t>(y);
-  const i64 g = static_cast<i64>((64 - addr % 64) % 64 / sizeof(T)) % W;  // grid start
+  const i64 g = line_lead(y) % W;  // grid start
   if (grid && g > 0 && addr % sizeof(T) == 0 && nv >= 4 * kLine) {
     // Vectors on y's lines (a store across two lines costs two; NumPy's large arrays start 16
     // bytes past a line): y[0, W) and y[nv - W, nv) stored whole, across lines, over the ends
@@ -520,7 +528,7 @@ inline i64 cl_stat_period(i64 C) {
   return p > 0 && p < 3 * W ? 4 * W / p * p : p;
 }
 
-// (The last term: room for apply_cl's patterns placed on lines, see cl_tiled_write_on_lines.)
+// (The last term: room for apply_cl's patterns placed on lines, see expand_coef_patterns.)
 template <class T>
 i64 cl_scratch_elems(i64 C) {
   constexpr i64 kLineA = 64 / static_cast<i64>(sizeof(typename VT<T>::A));
@@ -640,7 +648,7 @@ NORMCPP_ALWAYS_INLINE inline void cl_periodic_write(T* y, i64 n, i64 P, bool str
     constexpr i64 kLine = 64 / static_cast<i64>(sizeof(T));
     const auto addr = reinterpret_cast<std::uintptr_t>(y);
     if (stream && P % kLine == 0 && addr % sizeof(T) == 0) {
-      const i64 h = static_cast<i64>((64 - addr % 64) % 64 / sizeof(T));
+      const i64 h = line_lead(y);
       if (n >= h + P) {
         cl_stream_lines(y, n, P, h, vec, srows);
         return;
@@ -1590,57 +1598,54 @@ NORMCPP_ALWAYS_INLINE inline void cl_tiled_write(const T* x, T* y, i64 n, i64 P,
       [&](i64 o) { return one(i0 + o, o); });
 }
 
-// cl_tiled_write for a y that starts off a cache line (an out= from NumPy: 16 or 48 bytes past
-// one), with its stores on y's lines: the stream cut into rows of the streamed period P
-// (whole lines) from y's first line boundary, y + h, with the coefficient patterns (in
-// scratch, placed so that position h is on a line) read from h; the h elements before are
-// lanes of vectors computed before anything is written (y may be x) and stored after. Every
-// element gets vec's arithmetic with its channel's coefficients, as before (bitwise the same).
-// A store across two lines costs two: 1 thread, median us, x 16 and out= 48 bytes past a line,
-// base vs this interleaved: BN eval (256,1024) float32 93 -> 75 (65-70 into an out= on a
-// line), float16 44 -> 30, NHWC (1,256,14,14) 11.2 -> 8.6, InstanceNorm and GroupNorm NHWC
-// (1,256,14,14) 16.4-16.7 -> 13.6-14.1; data from memory (8,256,28,28): no change. False
-// (nothing written) where y is on a line or off its element size, or n < h + one period.
-template <int Act, class T>
-NORMCPP_ALWAYS_INLINE inline bool cl_tiled_write_on_lines(
-    const T* x, T* y, i64 n, i64 C, const typename VT<T>::A* M, const typename VT<T>::A* S,
-    const typename VT<T>::A* B, typename VT<T>::A* scratch, bool hot) {
-  using Tr = VT<T>;
-  using A = typename Tr::A;
-  using V = typename Tr::V;
-  constexpr i64 W = Tr::W;
-  constexpr i64 kLineT = 64 / static_cast<i64>(sizeof(T));
+// M, S and B's patterns over a period P extended by kPeriodExt (expand_period_ext), E apart in
+// scratch (cl_scratch_elems), each starting `lead` elements before a line so that its position
+// lead is on one; returns the first (the others at + E, + 2E).
+template <class T>
+typename VT<T>::A* expand_coef_patterns(const typename VT<T>::A* M, const typename VT<T>::A* S,
+                                        const typename VT<T>::A* B, i64 C, i64 P, i64 lead,
+                                        typename VT<T>::A* scratch, i64& E) {
+  using A = typename VT<T>::A;
   constexpr i64 kLineA = 64 / static_cast<i64>(sizeof(A));
   constexpr i64 X = kPeriodExt<T>;
-  const auto addr = reinterpret_cast<std::uintptr_t>(y);
-  if (addr % 64 == 0 || addr % sizeof(T) != 0) return false;
-  const i64 h = static_cast<i64>((64 - addr % 64) / sizeof(T));
-  const i64 P = cl_stream_period<T>(C);
-  if (P == 0 || P % kLineT != 0 || n < h + P) return false;
-  // Patterns of P + X values, each rounded up to whole lines, position h of each on a line.
-  const i64 E = (P + X + kLineA - 1) / kLineA * kLineA;
-  const auto sa = reinterpret_cast<std::uintptr_t>(scratch);
-  A* base = scratch + static_cast<i64>((64 - sa % 64) % 64 / sizeof(A)) +
-            (kLineA - h % kLineA) % kLineA;
+  E = (P + X + kLineA - 1) / kLineA * kLineA;
+  A* base = scratch + line_lead(scratch) + (kLineA - lead % kLineA) % kLineA;
   expand_period_ext(M, C, base, P, X);
   expand_period_ext(S, C, base + E, P, X);
   expand_period_ext(B, C, base + 2 * E, P, X);
-  const A *Mp = base, *Sp = base + E, *Bp = base + 2 * E;
-  const auto at = [&](i64 i, i64 o) NORMCPP_ALWAYS_INLINE {  // element i, pattern position o
-    return activate<Act>((Tr::load(x + i) - VT<A>::load(Mp + o)) * VT<A>::load(Sp + o) +
-                         VT<A>::load(Bp + o));
-  };
-  constexpr i64 kHeads = (kLineT + W - 1) / W;
-  V head[kHeads];
-  for (i64 i = 0, k = 0; i < h; i += W, ++k) head[k] = at(i, i);
-  const auto vec_h = [&](i64 i, i64 o) NORMCPP_ALWAYS_INLINE { return at(h + i, h + o); };
-  const auto one_h = [&](i64 i, i64 o) {
-    return Tr::from_a(activate_one<Act>((Tr::to_a(x[h + i]) - Mp[h + o]) * Sp[h + o] +
-                                        Bp[h + o]));
-  };
-  cl_tiled_write<Act>(x + h, y + h, n - h, P, Mp + h, Sp + h, Bp + h, hot, vec_h, one_h);
+  return base;
+}
+
+// Where cl_tiled_write can store on y's lines although y starts off one (an out= from NumPy:
+// 16 or 48 bytes past a line): y's elements before its first line, h > 0, with the stream's
+// period P (cl_stream_period: whole lines) and at least h + P elements; else 0.
+template <class T>
+i64 cl_lines_lead(const T* y, i64 n, i64 C) {
+  const i64 h = line_lead(y), P = cl_stream_period<T>(C);
+  return h > 0 && P > 0 && P % (64 / static_cast<i64>(sizeof(T))) == 0 && n >= h + P ? h : 0;
+}
+
+// cl_tiled_write with its stores on y's lines (h = cl_lines_lead): the stream cut into rows of
+// P from y + h, the coefficients read from pattern position h (expand_coef_patterns with lead
+// h puts it on a line), and the h elements before stored last, as lanes of vectors computed
+// before anything is written (y may be x). Every element gets vec's arithmetic with its
+// channel's coefficients, as before (bitwise the same). A store across two lines costs two:
+// 1 thread, median us, x 16 and out= 48 bytes past a line, base vs this interleaved: BN eval
+// (256,1024) float32 93 -> 75 (65-70 into an out= on a line), float16 44 -> 30, NHWC
+// (1,256,14,14) 11.2 -> 8.6, InstanceNorm and GroupNorm NHWC (1,256,14,14) 16.4-16.7 ->
+// 13.6-14.1; data from memory (8,256,28,28): no change.
+template <int Act, class T, class VecF, class OneF>
+NORMCPP_ALWAYS_INLINE inline void cl_tiled_write_on_lines(
+    const T* x, T* y, i64 n, i64 P, i64 h, const typename VT<T>::A* M,
+    const typename VT<T>::A* S, const typename VT<T>::A* B, bool hot, VecF& vec, OneF& one) {
+  using Tr = VT<T>;
+  constexpr i64 W = Tr::W;
+  typename Tr::V head[(64 / static_cast<i64>(sizeof(T)) + W - 1) / W];
+  for (i64 i = 0, k = 0; i < h; i += W, ++k) head[k] = vec(i, i);
+  const auto vec_h = [&](i64 i, i64 o) NORMCPP_ALWAYS_INLINE { return vec(h + i, h + o); };
+  const auto one_h = [&](i64 i, i64 o) { return one(h + i, h + o); };
+  cl_tiled_write<Act>(x + h, y + h, n - h, P, M + h, S + h, B + h, hot, vec_h, one_h);
   for (i64 i = 0, k = 0; i < h; i += W, ++k) Tr::store(y + i, head[k]);
-  return true;
 }
 
 template <int Act, class T>
@@ -1651,9 +1656,12 @@ NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, i64 ld,
   using Tr = VT<T>;
   using A = typename Tr::A;
   const bool st = stream && kStreamable<Act>;
-  const i64 P = ld != C                ? 0
-                : st && kCanStream<T> ? cl_stream_period<T>(C)
-                                      : cl_period<T>(C);
+  const bool plain = !st && kStreamable<Act>;
+  // y's elements before its first line where the plain stores go on its lines, else 0
+  const i64 lead = ld == C && plain ? cl_lines_lead(y, rows * C, C) : 0;
+  const i64 P = ld != C                        ? 0
+                : lead || (st && kCanStream<T>) ? cl_stream_period<T>(C)
+                                                : cl_period<T>(C);
   // Element i with the coefficients at channel position o of Mp, Sp, Bp.
   const A *Mp = M, *Sp = S, *Bp = B;
   const auto vec = [&](i64 i, i64 o) NORMCPP_ALWAYS_INLINE {
@@ -1669,24 +1677,21 @@ NORMCPP_NOINLINE void apply_cl_impl(const T* x, T* y, i64 rows, i64 C, i64 ld,
     // multiple of W inside one period, and M, S, B are read as they are. (Writing the scratch
     // in every call cost BN eval NHWC (8,256,28,28) about 5% in its 49 chunks of 128 rows: the
     // first loads of the fresh copy wait behind the stores of y.)
-    if (st || P != C) {
-      constexpr i64 X = kPeriodExt<T>;
-      const i64 E = P + X;
-      expand_period_ext(M, C, scratch, P, X);
-      expand_period_ext(S, C, scratch + E, P, X);
-      expand_period_ext(B, C, scratch + 2 * E, P, X);
-      Mp = scratch;
-      Sp = scratch + E;
-      Bp = scratch + 2 * E;
+    if (st || P != C || lead) {
+      i64 E = 0;
+      Mp = expand_coef_patterns<T>(M, S, B, C, P, lead, scratch, E);
+      Sp = Mp + E;
+      Bp = Mp + 2 * E;
     }
     // Plain stores, every period however wide, through cl_tiled_write: for data hot in L2,
     // row by row (a load of each coefficient beside each vector of x) took the same min but
     // 1.2x the median of its tiles for BN eval (256, 1024) and NHWC (4,7,7,1024) (41 vs 34 us,
     // 31 vs 27 us at 1 thread; 38 vs 33 us at AVX2); other data goes front to back there.
-    if (!st && kStreamable<Act>) {
-      if (cl_tiled_write_on_lines<Act>(x, y, rows * C, C, M, S, B, scratch, hot))
-        return;
-      cl_tiled_write<Act>(x, y, rows * C, P, Mp, Sp, Bp, hot, vec, one);
+    if (plain) {
+      if (lead)
+        cl_tiled_write_on_lines<Act>(x, y, rows * C, P, lead, Mp, Sp, Bp, hot, vec, one);
+      else
+        cl_tiled_write<Act>(x, y, rows * C, P, Mp, Sp, Bp, hot, vec, one);
       return;
     }
     if constexpr (kChainAct<Act>) {  // never streamed (kStreamable)
