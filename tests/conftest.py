@@ -65,6 +65,14 @@ def random_params(rng, c, dtype, positive=False):
     return v.astype(dtype)
 
 
+def off_line(shape, dtype, offset):
+    """An uninitialized C-contiguous array ``offset`` bytes past a 64-byte cache line."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(nbytes + 128, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
 @pytest.fixture
 def restore_threads():
     """Restore ``nc.set_num_threads`` after the test, whatever the test set."""

@@ -18,6 +18,7 @@ from fractions import Fraction
 import normcpp as nc
 import numpy as np
 import pytest
+from conftest import off_line
 from normcpp.image import ChannelStats, normalize
 
 DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
@@ -179,16 +180,13 @@ def test_normalize_out_off_a_cache_line(c, odt, restore_threads):
     item = np.dtype(odt).itemsize
     for images in (x, x2):
         shape = (images.shape[0], c) + images.shape[1:3]
-        nbytes = int(np.prod(shape)) * item
         ref, mag = _ref_normalize(images, mean, std, 1 / 255)
         ref, mag = ref.transpose(0, 3, 1, 2), mag.transpose(0, 3, 1, 2)
         for threads in (1, 2):
             nc.set_num_threads(threads)
             outs = []
             for offset in range(0, 64, item):
-                buf = np.empty(nbytes + 128, np.uint8)
-                start = (-buf.ctypes.data) % 64 + offset
-                out = buf[start:start + nbytes].view(odt).reshape(shape)
+                out = off_line(shape, odt, offset)
                 assert normalize(images, mean, std, out=out, dtype=odt) is out
                 outs.append(out)
             _check(outs[0], ref, mag, odt)

@@ -10,7 +10,7 @@ import normcpp as nc
 import numpy as np
 import pytest
 import reference as ref
-from conftest import LAYOUTS, is_channels_last, to_layout
+from conftest import LAYOUTS, is_channels_last, off_line, to_layout
 
 DTYPES = [np.float16, np.float32, np.float64]
 # (C = 8, 16, 32: channel periods of one or two vectors, reduced as four-vector patterns;
@@ -193,14 +193,6 @@ def test_no_allocation_proportional_to_input(op, layout):
     assert peak_out < 0.25 * x.nbytes
 
 
-def _off_line(shape, dtype, offset):
-    """An uninitialized C-contiguous array ``offset`` bytes past a 64-byte cache line."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buf = np.empty(nbytes + 128, np.uint8)
-    start = (-buf.ctypes.data) % 64 + offset
-    return buf[start:start + nbytes].view(dtype).reshape(shape)
-
-
 def _channel_op(op, x, out, act):
     c = x.shape[1]
     rng = np.random.default_rng(5)
@@ -241,16 +233,16 @@ def test_out_off_a_cache_line(op, layout, act, c, dtype):
     def as_input(a):  # an array in memory order viewed as x is
         return a.transpose(0, 3, 1, 2) if layout == "channels_last" else a
 
-    on_line = _off_line(nat.shape, dtype, 0)
+    on_line = off_line(nat.shape, dtype, 0)
     y0, y_ref = _channel_op(op, x, as_input(on_line), act)
     rtol, atol = ref.tolerance(dtype)
     np.testing.assert_allclose(y0.astype(np.float64), y_ref, rtol=rtol, atol=atol)
     for offset in sorted({item, 16, 48, 64 - item}):
-        out = _off_line(nat.shape, dtype, offset)
+        out = off_line(nat.shape, dtype, offset)
         _channel_op(op, x, as_input(out), act)
         np.testing.assert_array_equal(out.view(np.uint8), on_line.view(np.uint8),
                                       err_msg=f"out= {offset} bytes past a line")
-        inplace = _off_line(nat.shape, dtype, offset)
+        inplace = off_line(nat.shape, dtype, offset)
         inplace[...] = nat
         _channel_op(op, as_input(inplace), as_input(inplace), act)
         np.testing.assert_array_equal(inplace.view(np.uint8), on_line.view(np.uint8),
