@@ -1732,6 +1732,36 @@ def tiny_module_calls(args) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def tiny_functional_calls(args, cases: Sequence[Case]) -> dict[str, float]:
+    """Target 3 of issue 3, functional calls: every float32 (1, 16, 8, 8) cell of the matrix,
+    normcpp's call (no out=) end to end from Python, 1 thread, all timed together
+    (``measure_interleaved``, 4x the rounds) beside the copy of the same bytes. The matrix
+    times each cell apart, seconds after the previous one, so a slow spell of a shared VM (the
+    copy's 0.45 us becoming 0.8-0.9) lands on a few tiny cells only; here it lands on all of
+    them alike. Returns {"op layout": median us, ..., "copy": median us}."""
+    tiny = [c for c in cases if tuple(c.shape) == (1, 16, 8, 8) and c.dtype == "float32"]
+    if not tiny:
+        return {}
+    fns: dict[str, Callable[[], Any]] = {}
+    base = None
+    for case in tiny:
+        spec = OPS[case.op]
+        x, base = make_input(case)
+        d = spec.make(case, x, np.random.default_rng(12345))
+        if spec.fresh:
+            spec.fresh(d)
+        fns[f"{case.op} {case.layout}"] = spec.normcpp(d, None)
+    dst = np.empty_like(base)
+    fns["copy"] = functools.partial(np.copyto, dst, base)
+    old_nc = nc.get_num_threads()
+    nc.set_num_threads(1)
+    try:
+        got = measure_interleaved(fns, 4 * args.min_time, args.min_repeats, rounds=32)
+    finally:
+        nc.set_num_threads(old_nc)
+    return {k: round(v.median_us, 3) for k, v in got.items()}
+
+
 def summary_lines(s: dict[str, Any]) -> list[str]:
     L = []
     g = s.get("geomean_speedup_float32")
@@ -1757,6 +1787,11 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
                      f"{c['label']} t={c['threads']}: {c[what]:.2f}x "
                      f"(normcpp {_fmt_us(c['normcpp_out_us' if what == 'ratio_out' else 'normcpp_us'])} us, "
                      f"copy {_fmt_us(c['copy_us'])} us)")
+    fun = s.get("tiny_functional_1x16x8x8_us")
+    if fun:
+        L.append("tiny (1,16,8,8) float32 functional call, 1 thread, all timed together: "
+                 + ", ".join(f"{k} {_fmt_us(v)} us" for k, v in fun.items() if k != "copy")
+                 + f" (np.copyto of the same bytes {_fmt_us(fun.get('copy'))} us)")
     mods = s.get("tiny_module_1x16x8x8_us")
     if mods:
         L.append("tiny (1,16,8,8) float32 module call, 1 thread: " + "; ".join(
@@ -1994,6 +2029,10 @@ def main(argv=None) -> int:
     print_table(rows)
     summary = summarize(rows)
     if nc is not None and not args.filter:
+        try:
+            summary["tiny_functional_1x16x8x8_us"] = tiny_functional_calls(args, cases)
+        except Exception as exc:  # the table above must still be written
+            print(f"tiny functional calls: FAILED {_short_err(exc)}", flush=True)
         try:
             summary["tiny_module_1x16x8x8_us"] = tiny_module_calls(args)
         except Exception as exc:  # the table above must still be written
