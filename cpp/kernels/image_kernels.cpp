@@ -44,6 +44,7 @@
 
 #include "kernels/half.hpp"
 #include "kernels/image_kernels.hpp"
+#include "kernels/lines.hpp"
 
 #ifndef NORMCPP_KNS
 #error "NORMCPP_KNS (the ISA namespace) must be defined"
@@ -450,10 +451,8 @@ void normalize_to_planar(const void* xv, void* yv, i64 npix, i64 C, i64 ys,
     // interleaved: 32x224x224x3 into float32 NCHW 16 or 48 bytes past a line 1909-1919 ->
     // 1215 (on a line: 1188-1196; without out=, NumPy's array 16 bytes past one, 1957 ->
     // 1211), 8x224x224x4 706 -> 436; float16 output unchanged.
-    const auto addr = reinterpret_cast<std::uintptr_t>(y);
-    if ((C == 3 || C == 4) && addr % sizeof(O) == 0 &&
-        ys * static_cast<i64>(sizeof(O)) % 64 == 0) {
-      const i64 h = imin(npix, static_cast<i64>((64 - addr % 64) % 64 / sizeof(O)));
+    if ((C == 3 || C == 4) && ys * static_cast<i64>(sizeof(O)) % 64 == 0) {
+      const i64 h = imin(npix, line_lead(y));
       for (; p < h; ++p)
         for (i64 c = 0; c < C; ++c)
           y[c * ys + p] = scalar_affine<T, O>(x[p * C + c], a[c], b[c]);

@@ -34,6 +34,7 @@
 #endif
 
 #include "kernels/kernels.hpp"
+#include "kernels/lines.hpp"
 
 #ifndef NORMCPP_KNS
 #error "NORMCPP_KNS (the ISA namespace) must be defined"
@@ -263,14 +264,6 @@ template <class A, class T>
 inline bool same_line_offset(const A* p, const T* y) {
   return sizeof(A) == sizeof(T) &&
          (reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(y)) % 64 == 0;
-}
-
-// Elements of T from p to the next 64-byte line boundary (0 on a line, or where p is not a
-// multiple of sizeof(T)).
-template <class T>
-inline i64 line_lead(const T* p) {
-  const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  return addr % sizeof(T) != 0 ? 0 : static_cast<i64>((64 - addr % 64) % 64 / sizeof(T));
 }
 
 // y[0..n) of one elementwise row: vec(i) gives elements [i, i + W) as a vector, one(i) element
