@@ -87,6 +87,10 @@ def _run(case):
 THREAD_CASES = [
     ("batch_norm", (2, 3, 512, 512), np.float32, "contiguous"),
     ("batch_norm", (1, 1, 2**21), np.float32, "contiguous"),
+    # channels of several planes, reduced and normalized in rounds of channels whose size
+    # depends on the threads (and the caches): the same bits for any rounds
+    ("batch_norm", (32, 24, 40, 40), np.float32, "contiguous"),
+    ("batch_norm", (16, 40, 48, 48), np.float16, "contiguous"),
     ("batch_norm", (16, 64, 32, 32), np.float32, "channels_last"),
     ("batch_norm", (4, 3, 256, 256), np.float16, "channels_last"),
     ("batch_norm", (4096, 96), np.float64, "contiguous"),

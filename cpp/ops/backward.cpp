@@ -47,7 +47,7 @@ void channel_grad_pass(const NCSGradRef& t, const typename Kern<T>::A* mu, Finis
   const i64 C = t.C;
   const bool st = stream_output<T>(t.N * C * t.S, dx, x, dy);
   if (t.layout == Layout::contiguous) {
-    const RunGeom g{C, t.N, t.S, C * t.S, t.S};
+    const RunGeom g{C, t.N, t.S, C * t.S, t.S, 2 * static_cast<i64>(sizeof(T))};  // x, dy
     run_driver<Stats, SumMerge>(
         g,
         [&](i64 c, i64 off, i64 len) {

@@ -19,7 +19,8 @@ using i64 = std::int64_t;
 // a 512 KB L2 for the second read (a BN channel of (32, 64, 56, 56) is 100,352 elements).
 constexpr i64 kFuseElems = 112 * 1024;
 // Slots of several runs are reduced and normalized in rounds of about this many elements
-// (4 MB of float32: in the last-level cache between the two visits).
+// (4 MB of float32: in the last-level cache between the two visits) where the last-level
+// cache is at most 64 MiB; see mem_round_elems for larger ones.
 constexpr i64 kMemRoundElems = 1024 * 1024;
 // Larger slots' statistics are computed in chunks of about this many elements.
 constexpr i64 kChunkElems = 32768;
@@ -31,7 +32,23 @@ struct RunGeom {
   i64 L;            // elements per run (contiguous)
   i64 run_stride;   // elements from run k to run k + 1 of a slot
   i64 slot_stride;  // elements from slot s to slot s + 1
+  i64 elem_bytes = 4;  // bytes read per element, all inputs together (sizes the rounds)
 };
+
+// Elements of a round of slots of several runs (run_driver) for nt threads. Where the
+// last-level cache is small (a Zen's 32 MiB), kMemRoundElems: the round is re-read from it.
+// Where it is larger (the 300 MiB mesh L3 of a Xeon) or unknown, half an L2 of input a
+// thread, re-read from the L2s: on the 2-vCPU Xeon (2 MiB L2) rounds of 4 MB re-read from
+// its L3 were the slower ones. Median us, interleaved, 1 MB -> 4 MB of float32 a round at 1
+// thread: BatchNorm training NCHW (32,64,56,56) 2918-3135 vs 3223-3447, (8,256,28,28)
+// 712-862 vs 813-940; its backward (x and dy) at 1 thread, 0.5 MB of each a round, 4342 vs
+// 5425 and 1244 vs 1457; at 2 threads twice that a round, forward 1624-1657 vs 1652-1665,
+// backward 2413 vs 2774.
+inline i64 mem_round_elems(const RunGeom& g, int nt) {
+  const i64 l2 = l2_cache_bytes();
+  if (small_llc_bytes() > 0 || l2 <= 0) return kMemRoundElems;
+  return static_cast<i64>(nt) * (l2 / 2) / std::max(g.elem_bytes, i64{1});
+}
 
 // At most this many chunks per slot, so partial-result scratch is O(slots), not O(input).
 constexpr i64 kMaxChunks = 64;
@@ -136,7 +153,8 @@ void run_driver(const RunGeom& g, Reduce reduce, Finish finish, Apply apply) {
     // slot, the reads jump run_stride ahead after every run: BatchNorm training statistics
     // NCHW (32,64,56,56) took 1.7x a sequential read (1747 vs 1051 us); in rounds 1.0x, and
     // the training forward 2650-2880 -> 2300 us (1 thread, min of interleaved runs).
-    const i64 gs = std::min(g.slots, std::max(kMemRoundElems / E, i64{1}));
+    const i64 round = mem_round_elems(g, threads_for(total, g.slots * g.K));
+    const i64 gs = std::min(g.slots, std::max(round / E, i64{1}));
     std::vector<Moments> part(static_cast<std::size_t>(gs * g.K));
     const int nt = threads_for(total, gs * g.K);
     for (i64 s0 = 0; s0 < g.slots; s0 += gs) {

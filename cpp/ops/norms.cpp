@@ -76,7 +76,7 @@ void channel_pass(const NCSRef& t, Finish finish, Finished finished, const typen
     return;
   }
   if (t.layout == Layout::contiguous) {
-    const RunGeom g{C, t.N, t.S, C * t.S, t.S};
+    const RunGeom g{C, t.N, t.S, C * t.S, t.S, static_cast<i64>(sizeof(T))};
     run_driver<Stats>(
         g, [&](i64, i64 off, i64 len) { return k.run_moments(x + off, len); }, finish,
         [&](i64 c, i64 e0, i64 e1) {
