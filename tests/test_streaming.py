@@ -3,8 +3,9 @@ written past the caches. The values must be bitwise those of plain stores, whate
 alignment (a streamed row starts and ends with lanes of the same vector arithmetic), in place
 too, and for every kernel that streams: the NCHW apply (batch/instance/group norm), the
 channels-last apply, the row apply (layer/rms norm, with activations) and the backward
-elementwise pass. Only rows of at least 4 cache lines stream, so every
-row here is longer than 64 float32 elements."""
+elementwise pass; float32 and, where F16C converts in registers, float16. Only rows of at least
+4 cache lines stream, so every row here is longer than 64 float32 elements (and some longer
+than 128 float16 ones)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,13 @@ FORWARD = [
         activation="relu")),
     ("rms_norm rows of lines", (5, 96), lambda x, out: nc.rms_norm(
         x, (96,), np.linspace(1, 2, 96), out=out)),
+    # planes and rows of over 3 KB of float16 (which stream whole lines from any offset)
+    ("batch_norm eval long planes", (2, 3, 40, 41), lambda x, out: nc.batch_norm(
+        x, np.linspace(-1, 1, 3), np.linspace(0.5, 2, 3), np.linspace(0.5, 1.5, 3),
+        np.linspace(-0.2, 0.2, 3), out=out)),
+    ("instance_norm long planes", (2, 3, 40, 41), lambda x, out: nc.instance_norm(x, out=out)),
+    ("layer_norm long rows", (3, 1601), lambda x, out: nc.layer_norm(
+        x, (1601,), np.linspace(0.5, 1.5, 1601), np.linspace(-1, 1, 1601), out=out)),
 ]
 
 
@@ -72,7 +80,7 @@ def _pair(call, x, out, threshold, setter):
     return call(x, out)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("case", FORWARD, ids=[c[0] for c in FORWARD])
 def test_forward_streamed_equals_plain(case, dtype, stream_threshold):
     _, shape, call = case
@@ -147,16 +155,17 @@ CHANNELS_LAST = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("case", CHANNELS_LAST, ids=[c[0] for c in CHANNELS_LAST])
-def test_channels_last_streamed_equals_plain(case, stream_threshold):
+def test_channels_last_streamed_equals_plain(case, dtype, stream_threshold):
     _, nhwc, call = case
-    x = (RNG.standard_normal(nhwc) * 3 + 1).astype(np.float32).transpose(0, 3, 1, 2)
+    x = (RNG.standard_normal(nhwc) * 3 + 1).astype(dtype).transpose(0, 3, 1, 2)
     stream_threshold(2**62)
     plain = call(x, None)
     stream_threshold(0)
     np.testing.assert_array_equal(call(x, None), plain)
-    for offset in range(0, 64, 4):
-        out = _buffer(nhwc, np.float32, offset).transpose(0, 3, 1, 2)
+    for offset in range(0, 64, np.dtype(dtype).itemsize):
+        out = _buffer(nhwc, dtype, offset).transpose(0, 3, 1, 2)
         assert call(x, out) is out
         np.testing.assert_array_equal(out, plain, err_msg=f"output at 64k + {offset} bytes")
     inplace = x.copy(order="K")
@@ -176,6 +185,8 @@ BACKWARD = [
         dy, x, (177,), np.linspace(0.5, 1.5, 177), *nc.layer_norm_forward(x, (177,))[1:])),
     ("rms_norm", (5, 3, 40), lambda x, dy: nc.rms_norm_backward(
         dy, x, (3, 40), None, nc.rms_norm_forward(x, (3, 40))[1])),
+    ("layer_norm long rows", (4, 1601), lambda x, dy: nc.layer_norm_backward(
+        dy, x, (1601,), np.linspace(0.5, 1.5, 1601), *nc.layer_norm_forward(x, (1601,))[1:])),
 ]
 
 
@@ -194,7 +205,7 @@ BACKWARD_CL = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("case", BACKWARD + BACKWARD_CL,
                          ids=[c[0] for c in BACKWARD + BACKWARD_CL])
 def test_backward_streamed_equals_plain(case, dtype, stream_threshold):
