@@ -581,6 +581,50 @@ def test_short_run_statistics_survive_an_outlier_first_element(length, dtype):
     np.testing.assert_allclose(mean, mean64, rtol=1e-7)
 
 
+@pytest.mark.parametrize("length", [257, 300, 384, 1000, 2048, 2049])
+@pytest.mark.parametrize("op", ["layer_norm", "layer_norm_w", "layer_norm_relu", "rms_norm"])
+def test_float16_rows_kept_between_statistics_and_normalization(op, length):
+    """float16 LayerNorm/RMSNorm rows of 257..2048 elements keep, between their statistics and
+    their normalization, what the statistics converted (x - K about a shift K, or x) in
+    float32, and normalize from it: every element, the vector tails (length % 16) included,
+    must be within one float16 ulp of the float64 reference rounded to float16, also for a row
+    whose shift sample is unrepresentative (its second pass keeps x - the block mean) and a
+    constant row; the returned mean and 1/std must match float64. (2049: past the kept size,
+    the plain path.)"""
+    rng = np.random.default_rng(length)
+    x64 = 3.0 + rng.standard_normal((6, length))
+    x64[1] = 0.0
+    x64[1, [(2 * j + 1) * length // 16 for j in range(8)]] = 100.0  # outliers at the samples
+    x64[2] = 7.25  # constant
+    x64[3] *= 40.0
+    x = x64.astype(np.float16)
+    xd = x.astype(np.float64)
+    w = rng.standard_normal(length).astype(np.float32)
+    b = rng.standard_normal(length).astype(np.float32)
+    if op == "rms_norm":
+        y = nc.rms_norm(x, (length,), w, eps=1e-5)
+        mean = np.zeros(6)
+        inv = 1.0 / np.sqrt((xd**2).mean(axis=1) + 1e-5)
+        ref64 = xd * inv[:, None] * w
+    else:
+        weight, bias = (w, None) if op == "layer_norm_w" else (w, b)
+        act = "relu" if op == "layer_norm_relu" else None
+        y, save_mean, save_inv = nc.layer_norm_forward(x, (length,), weight, bias)
+        y_act = nc.layer_norm(x, (length,), weight, bias, activation=act)
+        mean = xd.mean(axis=1)
+        inv = 1.0 / np.sqrt(xd.var(axis=1) + 1e-5)
+        assert (np.abs(save_mean - mean) <= 1e-6 * xd.std(axis=1) + 1e-12).all()
+        np.testing.assert_allclose(save_inv, inv, rtol=1e-6)
+        ref64 = (xd - mean[:, None]) * inv[:, None] * w + (0.0 if bias is None else b)
+        if act:
+            np.testing.assert_array_equal(y_act, np.maximum(y, 0))
+    expected = ref64.astype(np.float16)
+    ulp = np.spacing(np.abs(expected)).astype(np.float64)
+    err = np.abs(y.astype(np.float64) - expected.astype(np.float64))
+    assert y.dtype == np.float16
+    assert (err <= ulp).all(), f"row {np.argwhere(err > ulp)[0]} off by {err.max()}"
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("op", ["instance_norm", "group_norm", "batch_norm"])
 def test_large_slots_in_several_rounds(op, layout):
