@@ -418,16 +418,19 @@ inline Moments block_moments(const T* x, i64 len, typename VT<T>::A* keep = null
   double ks = 0.0;
   for (i64 j = 0; j < 8; ++j) ks += static_cast<double>(Tr::to_a(x[(2 * j + 1) * len / 16]));
   const A k = static_cast<A>(ks * 0.125);
+  const double rn = 1.0 / n;  // off the dependency chain: len is known before the sums
   double s, q;
   shifted_sums<T, Keep>(x, len, k, s, q, keep);
   if (2.0 * s * s <= n * q) {
     if constexpr (Keep) *shift = k;
-    return {n, static_cast<double>(k) + s / n, clamp_nonneg(q - s * s / n)};
+    const double sm = s * rn;
+    return {n, static_cast<double>(k) + sm, clamp_nonneg(q - s * sm)};
   }
-  const A mb = k + static_cast<A>(s / n);
+  const A mb = k + static_cast<A>(s * rn);
   shifted_sums<T, Keep>(x, len, mb, s, q, keep);
   if constexpr (Keep) *shift = mb;
-  return {n, static_cast<double>(mb) + s / n, clamp_nonneg(q - s * s / n)};
+  const double sm = s * rn;
+  return {n, static_cast<double>(mb) + sm, clamp_nonneg(q - s * sm)};
 }
 
 // A run this short (the slots of small tensors: a (1,16,8,8) BatchNorm channel is 64 elements)
@@ -1916,6 +1919,7 @@ NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
       // (4096,300) 405 -> 326, (1,128,2048) 37 -> 30, (8,512,768) 656 -> 666.
       alignas(64) A kept[2][kBlock];
       A shift[2] = {0, 0};
+      const double rn = 1.0 / n;
       auto keep = [&](i64 r) NORMCPP_ALWAYS_INLINE {
         const T* xr = x + r * L;
         if (rms) {
@@ -1924,7 +1928,7 @@ NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
         } else {
           const Moments m = block_moments<T, true>(xr, L, kept[r & 1], &shift[r & 1]);
           mean[r] = m.mean;
-          var[r] = clamp_nonneg(m.m2 / m.n);
+          var[r] = clamp_nonneg(m.m2 * rn);
         }
       };
       if (rows > 0) keep(0);
