@@ -65,6 +65,19 @@ FORWARD = [
         activation="relu")),
     ("rms_norm rows of lines", (5, 96), lambda x, out: nc.rms_norm(
         x, (96,), np.linspace(1, 2, 96), out=out)),
+    # rows and planes of 4 lines or more that are not whole lines, under 3 KB: streamed line
+    # after line across rows, each row completing the line its predecessor left (LineCarry)
+    ("layer_norm rows of 250", (9, 250), lambda x, out: nc.layer_norm(
+        x, (250,), np.linspace(0.5, 1.5, 250), np.linspace(-1, 1, 250), out=out)),
+    ("rms_norm rows of 300", (8, 300), lambda x, out: nc.rms_norm(
+        x, (300,), np.linspace(1, 2, 300), out=out)),
+    ("batch_norm eval planes of 14x14", (3, 5, 14, 14), lambda x, out: nc.batch_norm(
+        x, np.linspace(-1, 1, 5), np.linspace(0.5, 2, 5), np.linspace(0.5, 1.5, 5),
+        np.linspace(-0.2, 0.2, 5), out=out)),
+    ("instance_norm planes of 14x14", (2, 5, 14, 14), lambda x, out: nc.instance_norm(
+        x, out=out)),
+    ("group_norm planes of 14x14", (2, 6, 14, 14), lambda x, out: nc.group_norm(
+        x, 3, np.linspace(0.5, 1.5, 6), np.linspace(-1, 1, 6), out=out, activation="relu")),
     # planes and rows of over 3 KB of float16 (which stream whole lines from any offset)
     ("batch_norm eval long planes", (2, 3, 40, 41), lambda x, out: nc.batch_norm(
         x, np.linspace(-1, 1, 3), np.linspace(0.5, 2, 3), np.linspace(0.5, 1.5, 3),

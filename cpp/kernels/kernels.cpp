@@ -269,8 +269,9 @@ inline void stream_store(half_t* p, vfloat v) {
 }
 #endif
 
-// Rows that are not whole cache lines are streamed only from this many bytes on. Their first
-// and last lines are stored plainly (below), and streaming stores between such plain lines
+// Rows that are not whole cache lines are streamed only from this many bytes on, unless the
+// caller passes a LineCarry (rows in memory order). Their first and last lines are stored
+// plainly (below), and streaming stores between such plain lines
 // every few lines run slower than plain stores on Zen 4: rows of L floats at 16 bytes past a
 // line, 1 thread, streamed vs plain, LayerNorm forward of 5M elements: L = 100 3677 vs 1882 us,
 // 250 2153 vs 1329, 500 1479 vs 1352, 1000 1424 vs 1577, 2000 1597 vs 2348; writing the rows
@@ -279,6 +280,54 @@ constexpr i64 kSeamRowBytes = 3072;
 // The same for the LayerNorm/RMSNorm backward sweep (bwd_rows_impl), whose rows read two
 // inputs: streaming pays from shorter rows there.
 constexpr i64 kSeamSweepBytes = 512;
+
+// One 64-byte line from src (on a line) to dst (on a line) with a streaming store.
+template <class T>
+inline void stream_line(T* dst, const T* src) {
+#if defined(__AVX512F__)
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(dst),
+                      _mm512_load_si512(reinterpret_cast<const void*>(src)));
+#elif defined(__AVX__)
+  for (int k = 0; k < 64; k += 32)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(reinterpret_cast<char*>(dst) + k),
+                        _mm256_load_si256(reinterpret_cast<const __m256i*>(
+                            reinterpret_cast<const char*>(src) + k)));
+#elif defined(__SSE2__)
+  for (int k = 0; k < 64; k += 16)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(reinterpret_cast<char*>(dst) + k),
+                     _mm_load_si128(reinterpret_cast<const __m128i*>(
+                         reinterpret_cast<const char*>(src) + k)));
+#else
+  std::memcpy(dst, src, 64);
+#endif
+}
+
+// The partial last line of a streamed row, held back (write_row with a carry): when the next
+// row starts right where this one ends -- rows and planes in memory order -- it completes the
+// line and streams it whole, so that a tensor of rows that are not whole lines (NumPy's out=
+// arrays start 16 or 48 bytes past a line; rows of 100 floats) is streamed line after line
+// like one long row, with no line written partly by plain and partly by streaming stores
+// (which costs a partial write to memory) and no plain line between streamed ones. What is
+// held when a row does not continue it, and at the end (the destructor), is stored plainly.
+template <class T>
+struct LineCarry {
+  static constexpr i64 kLine = 64 / static_cast<i64>(sizeof(T));
+  // The line is buf[kLine, 2 kLine): whole vectors are staged into it, and their lanes outside
+  // the elements staged fall into the line before or after it.
+  alignas(64) T buf[3 * kLine];
+  T* at = nullptr;  // where the line goes (on a line)
+  i64 held = 0;     // elements held, < kLine
+  LineCarry() = default;
+  LineCarry(const LineCarry&) = delete;
+  LineCarry& operator=(const LineCarry&) = delete;
+  T* line() { return buf + kLine; }
+  void flush() {
+    if (held)
+      std::memcpy(static_cast<void*>(at), line(), static_cast<std::size_t>(held) * sizeof(T));
+    held = 0;
+  }
+  ~LineCarry() { flush(); }
+};
 
 // Whether vectors of a per-element array p of A (a LayerNorm weight) taken beside vectors on
 // y's lines are on lines too: p at y's offset in a line, A of T's size (row_grid_offset in the
@@ -289,6 +338,61 @@ inline bool same_line_offset(const A* p, const T* y) {
          (reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(y)) % 64 == 0;
 }
 
+// write_row's streamed path with a carry (see LineCarry), for rows of nv >= 4 lines of whole
+// vectors (carried_rows): the part of y's first line that the carry does not hold and the
+// rest of its last line go through the carry's line, the whole lines between are streamed
+// directly. The values are write_row's: lanes of vec() below nv, one() from nv.
+template <class T, class VecF, class OneF>
+NORMCPP_ALWAYS_INLINE inline void write_row_carried(T* y, i64 n, VecF& vec, OneF& one,
+                                                    LineCarry<T>& c) {
+  using Tr = VT<T>;
+  using V = typename Tr::V;
+  constexpr i64 W = Tr::W;
+  constexpr i64 kLine = 64 / static_cast<i64>(sizeof(T));
+  const i64 nv = n - n % W;
+  i64 i = 0;
+  if (c.held > 0 && c.at + c.held == y) {
+    // y continues the held line: its first h elements complete it (whole vectors, below nv
+    // as h + W <= 2 lines; their lanes from h on fall past the line).
+    const i64 h = kLine - c.held;
+    T* d = c.line() + c.held;
+    for (; i < h; i += W) Tr::store(d + i, vec(i));
+    stream_line(c.at, c.line());
+    i = h;
+  } else {
+    // A fresh start: the elements before y's first line stored plainly one by one (a whole
+    // vector would write into the first streamed line; float16 has up to 31 of them).
+    c.flush();
+    const i64 h = line_lead(y);
+    for (; i < h; i += W) {
+      const V v = vec(i);
+      for (i64 j = 0; j < W && i + j < h; ++j) y[i + j] = Tr::from_a(v[j]);
+    }
+    i = h;
+  }
+  const i64 e = i + (nv - i) / kLine * kLine;  // after the last whole line below nv
+  const bool part = (nv - e) % W != 0;         // a partial vector before nv
+  V last{};
+  if (part) last = vec(nv - W);  // before the lines are streamed: y may be x
+#pragma GCC unroll 4
+  for (; i < e; i += W) stream_store(y + i, vec(i));
+  // [e, n) into the line: whole vectors, `last` over the partial one (its lanes before e fall
+  // before the line), then one().
+  T* d = c.line();
+  for (; i + W <= nv; i += W) Tr::store(d + (i - e), vec(i));
+  if (part) Tr::store(d + (nv - W - e), last);
+  for (i = nv; i < n; ++i) d[i - e] = one(i);
+  i64 t = n - e;  // < kLine + W
+  c.at = y + e;
+  if (t >= kLine) {
+    stream_line(c.at, d);
+    t -= kLine;
+    std::memcpy(static_cast<void*>(d), d + kLine, static_cast<std::size_t>(t) * sizeof(T));
+    c.at += kLine;
+  }
+  c.held = t;
+}
+
 // y[0..n) of one elementwise row: vec(i) gives elements [i, i + W) as a vector, one(i) element
 // i. Plain: vectors up to nv = n - n % W, then one() for the rest; with `grid` (the caller's
 // vec takes any i, not only multiples of W), a row of at least 4 lines off a line is written
@@ -296,13 +400,14 @@ inline bool same_line_offset(const A* p, const T* y) {
 // streamed (a line written partly by plain and partly by streaming stores -- at the seams
 // between rows -- costs a partial write to memory); the elements before the first and after
 // the last whole line are stored plainly; a row that is not whole lines streams from
-// kSeamRowBytes on. Every element below nv still comes from the same vector arithmetic (lane j
+// kSeamRowBytes on -- or, given a carry, from 4 lines on, through write_row_carried, with only
+// the first line of a chain of rows and the last stored plainly. Every element below nv still comes from the same vector arithmetic (lane j
 // of vec(i) depends only on element i + j), so the values are bitwise those of the plain path:
 // the lanes before the first vector on the grid are lanes of vec(0) and those after its last
 // vector lanes of vec(nv - W), both computed before anything is written (y may be x).
 template <class T, class VecF, class OneF>
 NORMCPP_ALWAYS_INLINE inline void write_row(T* y, i64 n, bool stream, VecF&& vec, OneF&& one,
-                                            bool grid = false) {
+                                            bool grid = false, LineCarry<T>* carry = nullptr) {
   using Tr = VT<T>;
   using V = typename Tr::V;
   constexpr i64 W = Tr::W;
@@ -311,6 +416,8 @@ NORMCPP_ALWAYS_INLINE inline void write_row(T* y, i64 n, bool stream, VecF&& vec
   i64 i = 0;
   if constexpr (kCanStream<T>) {
     const auto addr = reinterpret_cast<std::uintptr_t>(y);
+    if (stream && carry && nv >= 4 * kLine && addr % sizeof(T) == 0)
+      return write_row_carried(y, n, vec, one, *carry);
     const i64 bytes = n * static_cast<i64>(sizeof(T));
     const bool lines = addr % 64 == 0 && bytes % 64 == 0;
     if (stream && nv >= 4 * kLine && addr % sizeof(T) == 0 && (lines || bytes >= kSeamRowBytes)) {
@@ -1424,7 +1531,8 @@ constexpr bool kChainAct = Act == kSilu || Act == kGelu;
 // a time through activate_n (the same values; see vexp_n). one(i) includes the activation.
 template <int Act, class T, class PreF, class OneF>
 NORMCPP_ALWAYS_INLINE inline void write_row_act(T* y, i64 n, bool stream, PreF&& pre,
-                                                OneF&& one, bool grid = false) {
+                                                OneF&& one, bool grid = false,
+                                                LineCarry<T>* carry = nullptr) {
   using Tr = VT<T>;
   using V = typename Tr::V;
   if constexpr (kChainAct<Act> && std::is_same_v<V, vfloat>) {
@@ -1444,7 +1552,7 @@ NORMCPP_ALWAYS_INLINE inline void write_row_act(T* y, i64 n, bool stream, PreF&&
   }
   write_row(
       y, n, stream, [&](i64 i) NORMCPP_ALWAYS_INLINE { return activate<Act>(pre(i)); }, one,
-      grid);
+      grid, carry);
 }
 
 // write_row_act as a row writer (see cl_periodic_write).
@@ -1486,9 +1594,18 @@ inline void with_act(int act, F&& f) {
   }
 }
 
-template <int Act, class T>
+// Whether write_row streams rows of n elements of T through a carry (stream: streamed at all):
+// the row loops then call the row kernels instantiated with Carry, and the others without --
+// where the carry is a possibility only, the row kernels set up the carried path's closures on
+// every call (BatchNorm eval (128,512,7,7), whose planes never take it: 0.64-0.8x).
+template <class T>
+constexpr bool carried_rows(i64 n, bool stream) {
+  return kCanStream<T> && stream && n - n % VT<T>::W >= 4 * (64 / static_cast<i64>(sizeof(T)));
+}
+
+template <int Act, class T, bool Carry = false>
 NORMCPP_NOINLINE void apply_scalar_impl(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A a,
-                       typename VT<T>::A b, bool stream) {
+                       typename VT<T>::A b, bool stream, LineCarry<T>* carry = nullptr) {
   using Tr = VT<T>;
   using V = typename Tr::V;
   const V mv = splat<V>(m), av = splat<V>(a), bv = splat<V>(b);
@@ -1496,7 +1613,7 @@ NORMCPP_NOINLINE void apply_scalar_impl(const T* x, T* y, i64 n, typename VT<T>:
       y, n, stream && kStreamable<Act>,
       [&](i64 i) NORMCPP_ALWAYS_INLINE { return (Tr::load(x + i) - mv) * av + bv; },
       [&](i64 i) { return Tr::from_a(activate_one<Act>((Tr::to_a(x[i]) - m) * a + b)); },
-      true);
+      true, Carry ? carry : nullptr);
 }
 
 template <class T>
@@ -1511,11 +1628,20 @@ template <class T>
 void apply_runs(const T* x, T* y, i64 nruns, i64 L, i64 c0, i64 C, const typename VT<T>::A* M,
                 const typename VT<T>::A* S, const typename VT<T>::A* B, int act, bool stream) {
   with_act(act, [&](auto tag) {
-    i64 c = c0;
-    for (i64 r = 0; r < nruns; ++r) {
-      apply_scalar_impl<decltype(tag)::value>(x + r * L, y + r * L, L, M[c], S[c], B[c], stream);
-      if (++c == C) c = 0;
-    }
+    constexpr int Act = decltype(tag)::value;
+    const auto runs = [&](auto carried) {
+      i64 c = c0;
+      LineCarry<T> carry;  // the runs are in memory order
+      for (i64 r = 0; r < nruns; ++r) {
+        apply_scalar_impl<Act, T, decltype(carried)::value>(x + r * L, y + r * L, L, M[c], S[c],
+                                                            B[c], stream, &carry);
+        if (++c == C) c = 0;
+      }
+    };
+    if (carried_rows<T>(L, stream && kStreamable<Act>))
+      runs(std::true_type{});
+    else
+      runs(std::false_type{});
   });
 }
 
@@ -1787,11 +1913,12 @@ void apply_cl(const T* x, T* y, i64 rows, i64 C, i64 ld, const typename VT<T>::A
 // y = act((x - m) * s * w + b) over a row of n elements. With Kept, the row comes as d[0..n),
 // its deviations x - K in A (block_moments' kept row), and y = act((d * s + m) * w + b): m is
 // then the offset -(mean - K) * s.
-template <int Act, class T, bool HasW, bool HasB, bool Kept = false>
+template <int Act, class T, bool HasW, bool HasB, bool Kept = false, bool Carry = false>
 NORMCPP_NOINLINE void apply_row_impl(const T* x, T* y, i64 n, typename VT<T>::A m,
                                      typename VT<T>::A s, const typename VT<T>::A* Wt,
                                      const typename VT<T>::A* Bs, bool stream,
-                                     const typename VT<T>::A* d = nullptr) {
+                                     const typename VT<T>::A* d = nullptr,
+                                     LineCarry<T>* carry = nullptr) {
   using Tr = VT<T>;
   using A = typename Tr::A;
   using V = typename Tr::V;
@@ -1820,7 +1947,7 @@ NORMCPP_NOINLINE void apply_row_impl(const T* x, T* y, i64 n, typename VT<T>::A 
         if constexpr (HasB) v = v + Bs[i];
         return Tr::from_a(activate_one<Act>(v));
       },
-      grid);
+      grid, Carry ? carry : nullptr);
 }
 
 template <class T>
@@ -1887,6 +2014,8 @@ NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
   const bool ahead = bytes <= kAheadBytes;
   const i64 pf = ahead ? kRowsAhead : bytes <= kRowPrefetchBytes ? 1 : 0;  // rows ahead
   static_assert(kAheadBytes == kRowGroupMinBytes, "rows normalized ahead are not grouped");
+  LineCarry<T> carry;  // rows normalized whole, in memory order (below the grouped ones)
+  const bool carried = carried_rows<T>(L, stream && kStreamable<Act>);
   if ((HasW || HasB) && !ahead) {
     // Long rows with a weight or bias: a group's moments, then its normalization in chunks.
     const i64 G = row_group(bytes, true);
@@ -1931,29 +2060,42 @@ NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
           var[r] = clamp_nonneg(m.m2 * rn);
         }
       };
-      if (rows > 0) keep(0);
-      for (i64 r = 0; r < rows; ++r) {
-        if (r + pf < rows) prefetch_range(x + (r + pf) * L, bytes);
-        if (r + 1 < rows) keep(r + 1);
-        const double is = inv_std(var[r], eps);
-        apply_row_impl<Act, T, HasW, HasB, true>(
-            x + r * L, y + r * L, L, static_cast<A>(-(mean[r] - shift[r & 1]) * is),
-            static_cast<A>(is), Wt, Bs, stream, kept[r & 1]);
-      }
+      const auto loop = [&](auto carried) {
+        if (rows > 0) keep(0);
+        for (i64 r = 0; r < rows; ++r) {
+          if (r + pf < rows) prefetch_range(x + (r + pf) * L, bytes);
+          if (r + 1 < rows) keep(r + 1);
+          const double is = inv_std(var[r], eps);
+          apply_row_impl<Act, T, HasW, HasB, true, decltype(carried)::value>(
+              x + r * L, y + r * L, L, static_cast<A>(-(mean[r] - shift[r & 1]) * is),
+              static_cast<A>(is), Wt, Bs, stream, kept[r & 1], &carry);
+        }
+      };
+      if (carried)
+        loop(std::true_type{});
+      else
+        loop(std::false_type{});
       return;
     }
   }
-  if (rows > 0 && ahead) moments(0);
-  for (i64 r = 0; r < rows; ++r) {
-    const T* xr = x + r * L;
-    if (pf && r + pf < rows) prefetch_range(xr + pf * L, bytes);
-    if (!ahead)
-      moments(r);
-    else if (r + 1 < rows)
-      moments(r + 1);
-    apply_row_impl<Act, T, HasW, HasB>(xr, y + r * L, L, static_cast<A>(mean[r]),
-                                       static_cast<A>(inv_std(var[r], eps)), Wt, Bs, stream);
-  }
+  const auto loop = [&](auto carried) {
+    if (rows > 0 && ahead) moments(0);
+    for (i64 r = 0; r < rows; ++r) {
+      const T* xr = x + r * L;
+      if (pf && r + pf < rows) prefetch_range(xr + pf * L, bytes);
+      if (!ahead)
+        moments(r);
+      else if (r + 1 < rows)
+        moments(r + 1);
+      apply_row_impl<Act, T, HasW, HasB, false, decltype(carried)::value>(
+          xr, y + r * L, L, static_cast<A>(mean[r]), static_cast<A>(inv_std(var[r], eps)), Wt,
+          Bs, stream, nullptr, &carry);
+    }
+  };
+  if (carried)
+    loop(std::true_type{});
+  else
+    loop(std::false_type{});
 }
 
 template <class T>
@@ -1998,19 +2140,27 @@ NORMCPP_NOINLINE void norm_slots_impl(const T* x, T* y, i64 nslots, i64 R, i64 S
   };
   i64 c = c0;
   const bool ahead = R == 1 && E * static_cast<i64>(sizeof(T)) <= kAheadBytes;
-  if (nslots > 0 && ahead) moments(0);
-  for (i64 i = 0; i < nslots; ++i) {
-    const T* xs = x + i * E;
-    if (!ahead) moments(i);
-    else if (i + 1 < nslots) moments(i + 1);
-    const double is = inv_std(var[i], eps);
-    const A ma = static_cast<A>(mean[i]);
-    for (i64 j = 0; j < R; ++j) {
-      const A sc = static_cast<A>((w ? w[c] : 1.0) * is), bc = static_cast<A>(b ? b[c] : 0.0);
-      apply_scalar_impl<Act>(xs + j * S, y + i * E + j * S, S, ma, sc, bc, stream);
-      if (++c == C) c = 0;
+  LineCarry<T> carry;  // slots and their runs in memory order
+  const auto loop = [&](auto carried) {
+    if (nslots > 0 && ahead) moments(0);
+    for (i64 i = 0; i < nslots; ++i) {
+      const T* xs = x + i * E;
+      if (!ahead) moments(i);
+      else if (i + 1 < nslots) moments(i + 1);
+      const double is = inv_std(var[i], eps);
+      const A ma = static_cast<A>(mean[i]);
+      for (i64 j = 0; j < R; ++j) {
+        const A sc = static_cast<A>((w ? w[c] : 1.0) * is), bc = static_cast<A>(b ? b[c] : 0.0);
+        apply_scalar_impl<Act, T, decltype(carried)::value>(xs + j * S, y + i * E + j * S, S, ma,
+                                                            sc, bc, stream, &carry);
+        if (++c == C) c = 0;
+      }
     }
-  }
+  };
+  if (carried_rows<T>(S, stream && kStreamable<Act>))
+    loop(std::true_type{});
+  else
+    loop(std::false_type{});
 }
 
 template <class T>
