@@ -1602,6 +1602,14 @@ template <class T>
 constexpr bool carried_rows(i64 n, bool stream) {
   return kCanStream<T> && stream && n - n % VT<T>::W >= 4 * (64 / static_cast<i64>(sizeof(T)));
 }
+// f(std::true_type{}) for rows of n elements that carried_rows takes, else f(std::false_type{}).
+template <class T, class F>
+NORMCPP_ALWAYS_INLINE inline void with_carry(i64 n, bool stream, F&& f) {
+  if (carried_rows<T>(n, stream))
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
 
 template <int Act, class T, bool Carry = false>
 NORMCPP_NOINLINE void apply_scalar_impl(const T* x, T* y, i64 n, typename VT<T>::A m, typename VT<T>::A a,
@@ -1638,10 +1646,7 @@ void apply_runs(const T* x, T* y, i64 nruns, i64 L, i64 c0, i64 C, const typenam
         if (++c == C) c = 0;
       }
     };
-    if (carried_rows<T>(L, stream && kStreamable<Act>))
-      runs(std::true_type{});
-    else
-      runs(std::false_type{});
+    with_carry<T>(L, stream && kStreamable<Act>, runs);
   });
 }
 
@@ -2015,7 +2020,6 @@ NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
   const i64 pf = ahead ? kRowsAhead : bytes <= kRowPrefetchBytes ? 1 : 0;  // rows ahead
   static_assert(kAheadBytes == kRowGroupMinBytes, "rows normalized ahead are not grouped");
   LineCarry<T> carry;  // rows normalized whole, in memory order (below the grouped ones)
-  const bool carried = carried_rows<T>(L, stream && kStreamable<Act>);
   if ((HasW || HasB) && !ahead) {
     // Long rows with a weight or bias: a group's moments, then its normalization in chunks.
     const i64 G = row_group(bytes, true);
@@ -2071,10 +2075,7 @@ NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
               static_cast<A>(is), Wt, Bs, stream, kept[r & 1], &carry);
         }
       };
-      if (carried)
-        loop(std::true_type{});
-      else
-        loop(std::false_type{});
+      with_carry<T>(L, stream && kStreamable<Act>, loop);
       return;
     }
   }
@@ -2092,10 +2093,7 @@ NORMCPP_NOINLINE void norm_rows_impl(const T* x, T* y, i64 rows, i64 L,
           Bs, stream, nullptr, &carry);
     }
   };
-  if (carried)
-    loop(std::true_type{});
-  else
-    loop(std::false_type{});
+  with_carry<T>(L, stream && kStreamable<Act>, loop);
 }
 
 template <class T>
@@ -2157,10 +2155,7 @@ NORMCPP_NOINLINE void norm_slots_impl(const T* x, T* y, i64 nslots, i64 R, i64 S
       }
     }
   };
-  if (carried_rows<T>(S, stream && kStreamable<Act>))
-    loop(std::true_type{});
-  else
-    loop(std::false_type{});
+  with_carry<T>(S, stream && kStreamable<Act>, loop);
 }
 
 template <class T>
