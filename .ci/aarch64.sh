@@ -51,7 +51,7 @@ cmake --build "$BUILD" --parallel "$JOBS"
 if command -v file >/dev/null 2>&1; then file "$BUILD/tests/cpp/normcpp_tests"; fi
 
 step "ctest under qemu-aarch64"
-(cd "$BUILD" && ctest --output-on-failure --timeout 900)
+(cd "$BUILD" && ctest --output-on-failure --timeout 900 --parallel "$JOBS")
 
 step "per-ISA counts (aarch64)"
 grep -h '^\[normcpp-tests\] isa=' "$BUILD/Testing/Temporary/LastTest.log"

@@ -32,7 +32,7 @@ step "ctest"
 # Tests run one at a time: each uses several threads itself. A failure is recorded; the
 # install and example steps still run, and the script fails at the end.
 CTEST_RC=0
-(cd "$BUILD" && ctest --output-on-failure --timeout 600) || CTEST_RC=$?
+(cd "$BUILD" && ctest --output-on-failure --timeout 600 --parallel "$JOBS") || CTEST_RC=$?
 
 step "per-ISA counts"
 grep -h '^\[normcpp-tests\] isa=' "$BUILD/Testing/Temporary/LastTest.log" || {

@@ -7,6 +7,9 @@
 # Any sanitizer report fails the script (reports go to files that are checked at the end, so
 # a report from a subprocess or a swallowed exit status still counts).
 # Build tree: build/ci-asan (NORMCPP_ASAN_BUILD overrides). Extra pytest arguments: "$@".
+# NORMCPP_SANITIZE_BUILD_ONLY=1: configure and build, then stop (.ci/run starts this in the
+# background while its single-threaded test steps leave a core idle; the later full run finds
+# the tree built). NORMCPP_PYTEST_WORKERS=N: the pytest suite in N processes (pytest-xdist).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -81,6 +84,10 @@ cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" \
 
 step "build"
 cmake --build "$BUILD" --parallel "$JOBS"
+if [[ "${NORMCPP_SANITIZE_BUILD_ONLY:-0}" == 1 ]]; then
+  echo "sanitize.sh: build only, done ($((SECONDS - START)) s)"
+  exit 0
+fi
 
 # halt_on_error: the first report ends the process with a failure status.
 UBSAN_COMMON="halt_on_error=1:print_stacktrace=1:log_path=$REPORTS/ubsan"
@@ -90,7 +97,7 @@ step "C++ tests under ASan + UBSan (leak detection on)"
 # A failing test (not a sanitizer report) is recorded and the Python part still runs.
 CPP_RC=0
 (cd "$BUILD" && ASAN_OPTIONS="$ASAN_COMMON:detect_leaks=1" UBSAN_OPTIONS="$UBSAN_COMMON" \
-  ctest --output-on-failure --timeout 900) || CPP_RC=$?
+  ctest --output-on-failure --timeout 900 --parallel "$JOBS") || CPP_RC=$?
 check_reports "C++ tests"
 grep -h '^\[normcpp-tests\] isa=' "$BUILD/Testing/Temporary/LastTest.log" || true
 
@@ -154,8 +161,10 @@ check_reports "import"
 step "pytest under ASan + UBSan (torch hidden)"
 cd "$ROOT"
 rc=0
+WORKERS=()
+if [[ "${NORMCPP_PYTEST_WORKERS:-1}" -gt 1 ]]; then WORKERS=(-n "$NORMCPP_PYTEST_WORKERS"); fi
 LD_PRELOAD="$PRELOAD" "$PYTHON" -m pytest -q -x -p no:cacheprovider -p _normcpp_hide_torch \
-  tests "$@" || rc=$?
+  "${WORKERS[@]}" tests "$@" || rc=$?
 check_reports "pytest"
 [[ $rc -eq 0 ]] || die "pytest exited with status $rc"
 [[ $CPP_RC -eq 0 ]] || die "C++ tests failed under the sanitizers (ctest status $CPP_RC; no sanitizer report)"

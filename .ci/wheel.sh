@@ -39,7 +39,8 @@ run_kernel_tests() {
   local label="$1"
   shift
   local log="$WORK/pytest-$label.log" rc=0
-  (cd "$WORK/run" && env "$@" python -m pytest -q -p no:cacheprovider "${KERNEL_TESTS[@]}") \
+  (cd "$WORK/run" && env "$@" python -m pytest -q -p no:cacheprovider "${WORKERS[@]}" \
+    "${KERNEL_TESTS[@]}") \
     2>&1 | tee "$log" | tail -n 3 || rc=${PIPESTATUS[0]}
   [[ $rc -eq 0 ]] || die "$label: pytest exited with status $rc"
   local line
@@ -63,6 +64,12 @@ step "Fresh virtual environment; install the wheel + pytest + hypothesis"
 source "$WORK/venv/bin/activate"
 python -m pip install --progress-bar off --quiet --upgrade pip
 python -m pip install --progress-bar off "$WHEEL" pytest hypothesis
+# NORMCPP_PYTEST_WORKERS=N: each kernel-test run in N processes (pytest-xdist).
+WORKERS=()
+if [[ "${NORMCPP_PYTEST_WORKERS:-1}" -gt 1 ]]; then
+  python -m pip install --progress-bar off pytest-xdist
+  WORKERS=(-n "$NORMCPP_PYTEST_WORKERS")
+fi
 mkdir -p "$WORK/run"
 
 step "The installed wheel is what the tests import"
