@@ -3,7 +3,8 @@
 #   1. the C++ tests (ctest, --quick shapes, every ISA level this CPU runs), leaks checked;
 #   2. the Python extension built the same way, copied with the Python sources into a
 #      temporary package (the developer copy in python/normcpp/ is left alone), then the pytest
-#      suite with libasan preloaded (Python itself leaks by design: no leak check there).
+#      suite with libasan preloaded (Python itself leaks by design: no leak check there) and
+#      torch hidden (.ci/run's run of the suite without torch: the golden fixtures carry parity).
 # Any sanitizer report fails the script (reports go to files that are checked at the end, so
 # a report from a subprocess or a swallowed exit status still counts).
 # Build tree: build/ci-asan (NORMCPP_ASAN_BUILD overrides). Extra pytest arguments: "$@".
