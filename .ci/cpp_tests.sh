@@ -29,8 +29,9 @@ step "build"
 cmake --build "$BUILD" --parallel "$JOBS"
 
 step "ctest"
-# Tests run one at a time: each uses several threads itself. A failure is recorded; the
-# install and example steps still run, and the script fails at the end.
+# Tests run nproc at a time (each uses several threads itself; they check values, never
+# speed). A failure is recorded; the install and example steps still run, and the script
+# fails at the end.
 CTEST_RC=0
 (cd "$BUILD" && ctest --output-on-failure --timeout 600 --parallel "$JOBS") || CTEST_RC=$?
 
